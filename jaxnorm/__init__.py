@@ -1,0 +1,33 @@
+"""jaxnorm — PyTorch-exact normalization layers for JAX as pure functions.
+
+Every normalization returns its output (and, for the stateful ones, the updated ``batch_stats``); all of them share
+one statistics core (:mod:`jaxnorm._stats`). Flax linen wrappers are in :mod:`jaxnorm.linen`, PyTorch-compatible
+initializers in :mod:`jaxnorm.init`.
+"""
+
+from jaxnorm import init
+from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
+from jaxnorm.group_norm import group_norm, group_norm_init
+from jaxnorm.instance_norm import (
+    instance_norm,
+    instance_norm_1d,
+    instance_norm_2d,
+    instance_norm_3d,
+    instance_norm_init,
+)
+from jaxnorm.layer_norm import layer_norm, layer_norm_init, rms_norm, rms_norm_init
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "batch_norm", "batch_norm_1d", "batch_norm_2d", "batch_norm_3d", "batch_norm_init",
+    "layer_norm", "layer_norm_init", "rms_norm", "rms_norm_init",
+    "instance_norm", "instance_norm_1d", "instance_norm_2d", "instance_norm_3d", "instance_norm_init",
+    "group_norm", "group_norm_init", "init",
+    "fold_batch_norm", "from_torch_state_dict", "to_torch_state_dict",
+]
+
+try:  # interop helpers (jaxnorm/interop.py)
+    from jaxnorm.interop import fold_batch_norm, from_torch_state_dict, to_torch_state_dict  # noqa: F401
+except ImportError:  # pragma: no cover - module being added
+    pass

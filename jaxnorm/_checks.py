@@ -1,0 +1,100 @@
+"""Input validation shared by every normalization: clear errors at trace time, naming expected vs got.
+
+All checks look only at static information (shapes, dtypes, dict keys), so they fire identically eagerly and under
+``jit``/``vmap``/``grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+PARAM_KEYS = ("weight", "bias")
+STATS_KEYS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def check_floating(name: str, x) -> None:
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating-point input (float16/bfloat16/float32/float64), got dtype {dtype}")
+
+
+def check_rank(name: str, x, allowed: Sequence[int], layout: str) -> None:
+    if x.ndim not in allowed:
+        want = " or ".join(f"{r}-D" for r in allowed)
+        raise ValueError(f"{name}: expected {want} input {layout}, got {x.ndim}-D input with shape {tuple(x.shape)}")
+
+
+def channel_axis(name: str, x, axis: int) -> int:
+    """Normalize a possibly negative channel axis; the batch axis 0 cannot be the channel axis."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"{name}: expected an int channel axis, got {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{name}: channel axis {axis} is out of range for a {x.ndim}-D input with shape {tuple(x.shape)}")
+    axis = axis % x.ndim
+    if axis == 0:
+        raise ValueError(f"{name}: channel axis must not be the batch axis 0 (got axis={axis} for shape {tuple(x.shape)})")
+    return axis
+
+
+def check_num_features(name: str, num_features, what: str = "num_features") -> int:
+    if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool):
+        raise TypeError(f"{name}: expected an int {what}, got {num_features!r}")
+    if num_features < 1:
+        raise ValueError(f"{name}: expected {what} >= 1, got {num_features}")
+    return int(num_features)
+
+
+def normalized_shape_tuple(name: str, normalized_shape) -> tuple[int, ...]:
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+    if not shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
+        raise ValueError(f"{name}: expected normalized_shape to be a positive int or a non-empty tuple of them, "
+                         f"got {normalized_shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+def check_keys(name: str, what: str, tree: Mapping, allowed: Sequence[str], required: Sequence[str] = ()) -> None:
+    if not isinstance(tree, Mapping):
+        raise TypeError(f"{name}: expected {what} to be a dict, got {type(tree).__name__}")
+    keys = set(tree)
+    extra, missing = keys - set(allowed), set(required) - keys
+    if extra or missing:
+        raise ValueError(f"{name}: {what} has keys {sorted(keys)}; expected {list(required) or 'a subset of'} "
+                         f"{'' if required else list(allowed)}".rstrip()
+                         + (f" (missing {sorted(missing)})" if missing else "")
+                         + (f" (unexpected {sorted(extra)})" if extra else ""))
+
+
+def check_params(name: str, params: Mapping, shape: tuple[int, ...], *, allow_bias_only: bool = False) -> None:
+    """params is {} or {"weight"[, "bias"]} (LayerNorm may omit bias); every entry must have ``shape``."""
+    check_keys(name, "params", params, PARAM_KEYS)
+    if "bias" in params and "weight" not in params and not allow_bias_only:
+        raise ValueError(f"{name}: params has 'bias' but no 'weight'; expected both, only 'weight', or neither")
+    for key in params:
+        got = tuple(jnp.shape(params[key]))
+        if got != shape:
+            raise ValueError(f"{name}: params['{key}'] has shape {got}, expected {shape} to match the input")
+
+
+def check_batch_stats(name: str, batch_stats: Mapping, num_channels: int) -> None:
+    """batch_stats is {} (no running statistics) or exactly the three PyTorch buffers with (C,) / () shapes."""
+    if not isinstance(batch_stats, Mapping):
+        raise TypeError(f"{name}: expected batch_stats to be a dict, got {type(batch_stats).__name__}")
+    if not batch_stats:
+        return
+    check_keys(name, "batch_stats", batch_stats, STATS_KEYS, STATS_KEYS)
+    for key in ("running_mean", "running_var"):
+        got = tuple(jnp.shape(batch_stats[key]))
+        if got != (num_channels,):
+            raise ValueError(f"{name}: batch_stats['{key}'] has shape {got}, expected ({num_channels},) "
+                             f"to match the input's {num_channels} channels")
+    got = tuple(jnp.shape(batch_stats["num_batches_tracked"]))
+    if got != ():
+        raise ValueError(f"{name}: batch_stats['num_batches_tracked'] must be a scalar, got shape {got}")
+
+
+def check_momentum(name: str, momentum) -> None:
+    if momentum is not None and not (isinstance(momentum, (int, float, np.integer, np.floating)) and 0.0 <= momentum <= 1.0):
+        raise ValueError(f"{name}: expected momentum in [0, 1] or None, got {momentum!r}")

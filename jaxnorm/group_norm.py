@@ -1,0 +1,55 @@
+"""Group normalization (PyTorch ``nn.GroupNorm``) as a pure function.
+
+Spec: channels split into ``num_groups`` contiguous groups; statistics per (sample, group) over the group's channels
+and all spatial axes; per-channel affine. The channel axis is split in place with a reshape (no transpose), so
+channels-first and channels-last inputs both normalize without moving data.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxnorm import _checks, _stats
+from jaxnorm.batch_norm import Params, _param_shape
+
+
+def group_norm_init(num_groups: int, num_channels: int, *, affine: bool = True, dtype=jnp.float32) -> Params:
+    """``{"weight": ones(C), "bias": zeros(C)}`` (``{}`` when ``affine=False``); checks ``C % num_groups == 0``."""
+    _check_groups("group_norm_init", num_groups, num_channels)
+    return {"weight": jnp.ones((num_channels,), dtype), "bias": jnp.zeros((num_channels,), dtype)} if affine else {}
+
+
+def _check_groups(name: str, num_groups, num_channels) -> None:
+    _checks.check_num_features(name, num_groups, "num_groups")
+    _checks.check_num_features(name, num_channels, "num_channels")
+    if num_channels % num_groups:
+        raise ValueError(f"{name}: num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+
+
+def group_norm(
+    x: jax.Array, params: Params, num_groups: int, *, eps: float = 1e-5, axis: int = 1
+) -> jax.Array:
+    r"""Group normalization of ``x`` of shape (N, C, *) (or channels-last (N, *, C) with ``axis=-1``).
+
+    .. math::
+        y_{ng\cdot} = \frac{x_{ng\cdot} - \mu_{ng}}{\sqrt{\sigma^2_{ng} + \varepsilon}}\,\gamma_c + \beta_c
+
+    with ``μ_ng, σ²_ng`` the mean and biased variance over the ``C / G`` channels of group ``g`` and all spatial
+    positions of sample ``n``. One group is LayerNorm over (C, *); ``C`` groups is InstanceNorm.
+    Statistics are per sample, so no cross-device (``axis_name``) variant is needed.
+    """
+    name = "group_norm"
+    _checks.check_floating(name, x)
+    if x.ndim < 2:
+        raise ValueError(f"{name}: expected at least 2-D input (N, C, *), got {x.ndim}-D input with shape {x.shape}")
+    axis = _checks.channel_axis(name, x, axis)
+    channels = x.shape[axis]
+    _check_groups(name, num_groups, channels)
+    _checks.check_params(name, params, (channels,))
+
+    grouped = x.reshape(x.shape[:axis] + (num_groups, channels // num_groups) + x.shape[axis + 1:])
+    reduce_axes = tuple(a for a in range(1, grouped.ndim) if a != axis)  # all but N and the group axis
+    x_hat, _, _ = _stats.standardize(grouped, reduce_axes, eps, None)
+    y = _stats.affine(x_hat.reshape(x.shape), params, _param_shape(x.ndim, axis, channels))
+    return y.astype(x.dtype)

@@ -1,0 +1,155 @@
+"""Flax linen modules with ``torch.nn`` hyperparameter names that adapt jaxnorm's pure functions.
+
+Parameters live in ``"params"`` as ``weight``/``bias``; running statistics in the ``"batch_stats"`` collection as
+``running_mean``/``running_var``/``num_batches_tracked``. Stateful modules are called ``module(x, train=...)``;
+with ``train=True`` apply them with ``mutable=["batch_stats"]``. ``init`` does not count as a training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxnorm import batch_norm as _bn
+from jaxnorm import group_norm as _gn
+from jaxnorm import instance_norm as _in
+from jaxnorm import layer_norm as _ln
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+           "LayerNorm", "GroupNorm", "RMSNorm", "recalibrate_batch_stats"]
+
+
+def _affine_params(module: nn.Module, shape, bias: bool = True) -> dict:
+    params = {"weight": module.param("weight", nn.initializers.ones, shape, module.param_dtype)}
+    if bias:
+        params["bias"] = module.param("bias", nn.initializers.zeros, shape, module.param_dtype)
+    return params
+
+
+class _Stateful(nn.Module):
+    """Shared body of BatchNorm*/InstanceNorm*: gather collections, call the pure function, write stats back."""
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+    axis: int = 1
+    axis_name: str | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    _function: Callable = staticmethod(_bn.batch_norm)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        c = (self.num_features,)
+        params = _affine_params(self, c) if self.affine else {}
+        variables = {}
+        if self.track_running_stats:
+            variables = {
+                "running_mean": self.variable("batch_stats", "running_mean", jnp.zeros, c, jnp.float32),
+                "running_var": self.variable("batch_stats", "running_var", jnp.ones, c, jnp.float32),
+                "num_batches_tracked": self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32),
+            }
+        stats = {k: v.value for k, v in variables.items()}
+        y, new_stats = self._function(x, params, stats, train=train, momentum=self.momentum, eps=self.eps,
+                                      axis=self.axis, axis_name=self.axis_name)
+        if train and variables and not self.is_initializing():
+            for key, var in variables.items():
+                var.value = new_stats[key]
+        return y
+
+
+class BatchNorm1d(_Stateful):
+    """``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L); see :func:`jaxnorm.batch_norm`."""
+
+    _function: Callable = staticmethod(_bn.batch_norm_1d)
+
+
+class BatchNorm2d(_Stateful):
+    """``torch.nn.BatchNorm2d``: input (N, C, H, W); see :func:`jaxnorm.batch_norm`."""
+
+    _function: Callable = staticmethod(_bn.batch_norm_2d)
+
+
+class BatchNorm3d(_Stateful):
+    """``torch.nn.BatchNorm3d``: input (N, C, D, H, W); see :func:`jaxnorm.batch_norm`."""
+
+    _function: Callable = staticmethod(_bn.batch_norm_3d)
+
+
+class InstanceNorm1d(_Stateful):
+    """``torch.nn.InstanceNorm1d`` (defaults ``affine=False``, ``track_running_stats=False``)."""
+
+    affine: bool = False
+    track_running_stats: bool = False
+    _function: Callable = staticmethod(_in.instance_norm_1d)
+
+
+class InstanceNorm2d(InstanceNorm1d):
+    """``torch.nn.InstanceNorm2d``: input (C, H, W) or (N, C, H, W)."""
+
+    _function: Callable = staticmethod(_in.instance_norm_2d)
+
+
+class InstanceNorm3d(InstanceNorm1d):
+    """``torch.nn.InstanceNorm3d``: input (C, D, H, W) or (N, C, D, H, W)."""
+
+    _function: Callable = staticmethod(_in.instance_norm_3d)
+
+
+class LayerNorm(nn.Module):
+    """``torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)``; see :func:`jaxnorm.layer_norm`."""
+
+    normalized_shape: int | tuple[int, ...]
+    eps: float = 1e-5
+    elementwise_affine: bool = True
+    bias: bool = True
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = _ln._checks.normalized_shape_tuple("LayerNorm", self.normalized_shape)
+        params = _affine_params(self, shape, self.bias) if self.elementwise_affine else {}
+        return _ln.layer_norm(x, params, shape, eps=self.eps)
+
+
+class RMSNorm(nn.Module):
+    """``torch.nn.RMSNorm(normalized_shape, eps=None, elementwise_affine)``; see :func:`jaxnorm.rms_norm`."""
+
+    normalized_shape: int | tuple[int, ...]
+    eps: float | None = None
+    elementwise_affine: bool = True
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = _ln._checks.normalized_shape_tuple("RMSNorm", self.normalized_shape)
+        params = _affine_params(self, shape, bias=False) if self.elementwise_affine else {}
+        return _ln.rms_norm(x, params, shape, eps=self.eps)
+
+
+class GroupNorm(nn.Module):
+    """``torch.nn.GroupNorm(num_groups, num_channels, eps, affine)``; ``axis=-1`` for channels-last."""
+
+    num_groups: int
+    num_channels: int
+    eps: float = 1e-5
+    affine: bool = True
+    axis: int = 1
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        params = _affine_params(self, (self.num_channels,)) if self.affine else {}
+        return _gn.group_norm(x, params, self.num_groups, eps=self.eps, axis=self.axis)
+
+
+def __getattr__(name: str):
+    # recalibrate_batch_stats lives in its own module (it drives whole models); import lazily to keep this light.
+    if name == "recalibrate_batch_stats":
+        from jaxnorm.recalibrate import recalibrate_batch_stats
+        return recalibrate_batch_stats
+    raise AttributeError(f"module 'jaxnorm.linen' has no attribute {name!r}")
