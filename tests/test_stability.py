@@ -1,0 +1,70 @@
+"""Numerical stability: large per-channel offsets, half precision, non-finite isolation, non-negative variance."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm as jn
+from jaxnorm import _stats
+
+
+def _reference(x, axes, eps=1e-5):
+    x = np.asarray(x, np.float64)  # float64 reference computed from the *same* float32 input
+    return (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e2, 1e3, 1e4, 1e5])
+@pytest.mark.parametrize("std", [1.0, 1e-2])
+def test_normalized_output_error_below_1e_4(offset, std):
+    rng = np.random.default_rng(0)
+    channel_offsets = offset * np.array([1.0, -0.5, 0.25, 1.0])  # per-channel offsets up to `offset`
+    x = (rng.normal(size=(32, 4, 8, 8)) * std + channel_offsets[:, None, None]).astype(np.float32)
+    y, _ = jn.batch_norm_2d(jnp.asarray(x), {}, {}, train=True)
+    assert np.abs(np.asarray(y) - _reference(x, (0, 2, 3))).max() <= 1e-4
+    y_last, _ = jn.batch_norm(jnp.asarray(np.moveaxis(x, 1, -1)), {}, {}, train=True, axis=-1)
+    assert np.abs(np.moveaxis(np.asarray(y_last), -1, 1) - _reference(x, (0, 2, 3))).max() <= 1e-4
+    ln = jn.layer_norm(jnp.asarray(x), {}, (8, 8))
+    assert np.abs(np.asarray(ln) - _reference(x, (2, 3))).max() <= 1e-4
+    gn = jn.group_norm(jnp.asarray(x), {}, 4)
+    assert np.abs(np.asarray(gn) - _reference(x, (2, 3))).max() <= 1e-4
+
+
+def test_naive_formula_would_fail_here():
+    """The test above can fail: E[x²] − E[x]² in float32 is far off at offset 1e4 (guards against a weak test)."""
+    x = (np.random.default_rng(1).normal(size=(32, 64)) + 1e4).astype(np.float32)
+    naive_var = np.mean(x * x, 0, dtype=np.float32) - np.mean(x, 0, dtype=np.float32) ** 2
+    assert np.abs(naive_var - x.astype(np.float64).var(0)).max() > 0.5
+
+
+def test_variance_is_never_negative_and_constant_channels_give_zero():
+    x = jnp.full((16, 3, 4), 12345.678, jnp.float32)
+    _, var, _ = _stats.moments(x, (0, 2))
+    assert float(var.min()) >= 0.0
+    y, stats = jn.batch_norm_1d(x, *jn.batch_norm_init(3), train=True)
+    assert np.all(np.asarray(y) == 0.0) and np.all(np.asarray(stats["running_var"]) == 0.9)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_large_values_stay_finite(dtype):
+    x = jnp.asarray(np.linspace(-60000, 60000, 2 * 4 * 16).reshape(2, 4, 16), dtype)  # near float16's max 65504
+    params, stats = jn.batch_norm_init(4)
+    y, new = jn.batch_norm_1d(x, params, stats, train=True)
+    assert y.dtype == dtype and np.isfinite(np.asarray(y, np.float32)).all()
+    assert new["running_var"].dtype == jnp.float32 and np.isfinite(np.asarray(new["running_var"])).all()
+    for out in (jn.layer_norm(x, {}, 16), jn.group_norm(x, {}, 2), jn.rms_norm(x, {}, 16),
+                jn.instance_norm_1d(x, {}, {}, train=True)[0]):
+        assert out.dtype == dtype and np.isfinite(np.asarray(out, np.float32)).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_channel_does_not_leak(bad):
+    x = np.random.default_rng(2).normal(size=(8, 3, 5)).astype(np.float32)
+    x[3, 1, 2] = bad
+    params, stats = jn.batch_norm_init(3)
+    y, new = jn.batch_norm_1d(jnp.asarray(x), params, stats, train=True)
+    y = np.asarray(y)
+    assert np.isfinite(y[:, [0, 2]]).all() and np.isfinite(np.asarray(new["running_mean"])[[0, 2]]).all()
+    assert np.isfinite(np.asarray(new["running_var"])[[0, 2]]).all()
+    assert not np.isfinite(y[:, 1]).all()  # the bad channel is visibly bad, not silently "fixed"
+    ln = np.asarray(jn.layer_norm(jnp.asarray(x), {}, 5))
+    assert np.isfinite(np.delete(ln.reshape(24, 5), 3 * 3 + 1, axis=0)).all()
