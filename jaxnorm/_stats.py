@@ -5,9 +5,8 @@ and along which axis the affine parameters live. Everything numerical happens he
 
 * :func:`shifted_moments` / :func:`moments` — mean and *biased* variance, stable (shifted one-pass), accumulated in at least float32,
   optionally combined across a named mapped axis (synchronized statistics).
-* :func:`standardize` — ``x̂ = (x − μ) / √(σ² + ε)`` from batch statistics, with a closed-form ``custom_vjp``.
-* :func:`normalize_with` — the same map from given (running) statistics.
-* :func:`affine` — ``y = x̂ · γ + β`` broadcast along the parameter axes.
+* :func:`normalize` — ``y = (x − μ) / √(σ² + ε) · γ + β`` from batch statistics, with a closed-form ``custom_vjp``.
+* :func:`normalize_with` — ``x̂`` from given (running) statistics; :func:`affine` — ``x̂ · γ + β``.
 * :func:`mean_square` — ``E[x²]`` for RMSNorm.
 """
 
@@ -40,6 +39,16 @@ def _shift(x: jax.Array, reduce_axes: Axes) -> jax.Array:
     return lax.stop_gradient(x[index])
 
 
+def _distinct(tree):
+    """The same values behind an optimization barrier, so XLA treats expressions built on them as different.
+
+    Used where several fused passes each recompute a cheap elementwise expression of ``x`` (``x − s``, ``x̂``):
+    without it, common-subexpression elimination merges them into one materialized full-size tensor, which costs an
+    extra write and read of ``x``'s size — the dominant cost of a memory-bound normalization.
+    """
+    return lax.optimization_barrier(tree)
+
+
 def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
     """Number of elements in one statistics group (static)."""
     return math.prod(shape[a] for a in reduce_axes)
@@ -68,9 +77,11 @@ def shifted_moments(
     x = x.astype(compute_dtype(x.dtype))
     n = group_size(x.shape, reduce_axes)
     shift = _shift(x, reduce_axes)
-    d = x - shift
-    delta = jnp.sum(d, axis=reduce_axes, keepdims=True) / n
-    var = jnp.maximum(jnp.sum(d * d, axis=reduce_axes, keepdims=True) / n - delta * delta, 0.0)
+    delta = jnp.sum(x - shift, axis=reduce_axes, keepdims=True) / n
+    # A distinct (barriered) copy of the shift keeps XLA from CSE-ing ``x − s`` into one materialized tensor that both
+    # sums then read: each sum fuses its own subtraction and reads ``x`` directly.
+    mean_d2 = jnp.sum(jnp.square(x - _distinct(shift)), axis=reduce_axes, keepdims=True) / n
+    var = jnp.maximum(mean_d2 - delta * delta, 0.0)
     if axis_name is None:
         return shift, delta, var, jnp.asarray(n, x.dtype)
     gathered = lax.all_gather(jnp.stack([shift, delta, var]), axis_name)  # (devices, 3, ...)
@@ -95,57 +106,110 @@ def mean_square(x: jax.Array, reduce_axes: Axes) -> jax.Array:
     return jnp.mean(x * x, axis=reduce_axes, keepdims=True)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def standardize(
-    x: jax.Array, reduce_axes: Axes, eps: float, axis_name: str | None
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def normalize(
+    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, reduce_axes: Axes, eps: float,
+    axis_name: str | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    r"""``x̂ = (x − μ) / √(σ² + ε)`` with batch statistics over ``reduce_axes``; returns ``(x̂, μ, σ²)``.
+    r"""Normalize with batch statistics over ``reduce_axes`` and apply the affine map; returns ``(y, μ, σ²)``.
 
-    ``x̂`` is in the compute dtype (≥ float32). The backward pass is the closed form (two reductions, one map)
+    .. math::
+        \hat x = \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}}, \qquad y = \hat x\,\gamma + \beta
+
+    ``weight``/``bias`` (or None) are already shaped to broadcast against ``x``; ``y``, ``μ``, ``σ²`` are in the
+    compute dtype (≥ float32), ``μ``/``σ²`` with ``reduce_axes`` kept as size-1 dims.
+
+    The backward pass is the closed form rather than autodiff through the one-pass moments (which would read ``x``
+    and the cotangent several more times). With ``ĝ = g γ`` and bars for means over the (global) group of ``n``:
 
     .. math::
         \frac{\partial L}{\partial x} = \frac{1}{\sqrt{\sigma^2+\varepsilon}}
-        \Big(g - \overline{g} - \hat x\,\overline{g\hat x}\Big)
-        + \frac{g_\mu}{n} + \frac{2 g_{\sigma^2} (x-\mu)}{n}
+        \big(\hat g - \overline{\hat g} - \hat x\,\overline{\hat g\hat x}\big)
+        + \frac{g_\mu + 2 g_{\sigma^2}(x-\mu)}{n},\qquad
+        \frac{\partial L}{\partial \gamma} = \textstyle\sum_P g\hat x,\quad
+        \frac{\partial L}{\partial \beta} = \sum_P g
 
-    where bars are means over the (global, with ``axis_name``) group, instead of autodiff through the one-pass
-    moments, which would read ``x`` and the cotangent several more times.
+    where ``P`` are the axes the parameters broadcast over. When ``P`` is the reduced set (BatchNorm), ``γ`` is
+    constant on each group and the two parameter sums *are* the two sums ``dx`` needs, so the backward reads
+    ``x`` and ``g`` in three passes in all. Under ``axis_name`` the two group sums take one ``psum`` (stacked);
+    the parameter gradients stay per-device, as autodiff would give them.
     """
-    outputs, _ = _standardize_fwd(x, reduce_axes, eps, axis_name)
+    outputs, _ = _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name)
     return outputs
 
 
-def _standardize_fwd(x, reduce_axes, eps, axis_name):
+def _apply_affine(x_hat, weight, bias):
+    y = x_hat if weight is None else x_hat * weight.astype(x_hat.dtype)
+    return y if bias is None else y + bias.astype(x_hat.dtype)
+
+
+def _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name):
     x = x.astype(compute_dtype(x.dtype))
     shift, delta, var, n = shifted_moments(x, reduce_axes, axis_name=axis_name)
     inv_std = lax.rsqrt(var + eps)
-    x_hat = ((x - shift) - delta) * inv_std
-    return (x_hat, shift + delta, var), (x, shift, delta, inv_std, n)
+    y = _apply_affine(((x - shift) - delta) * inv_std, weight, bias)
+    # The mean as an unevaluated sum hi + lo (Fast2Sum: |shift| ≥ |delta| up to a few std): x − hi is exact for x
+    # near the mean (Sterbenz), so (x − hi) + lo keeps the shifted precision without carrying a slice of x into the
+    # backward, where XLA would re-slice x inside every fused pass and lose the fast reduction fusion.
+    mean_hi = shift + delta
+    mean_lo = (shift - mean_hi) + delta
+    return (y, mean_hi, var), (x, weight, bias, mean_hi, mean_lo, inv_std, n)
 
 
-def _standardize_bwd(reduce_axes, eps, axis_name, residuals, cotangents):
-    x, shift, delta, inv_std, n = residuals
+def _param_axes(x, param) -> Axes:
+    return tuple(a for a in range(x.ndim) if param.shape[a] == 1 and x.shape[a] != 1)
+
+
+def _normalize_bwd(reduce_axes, eps, axis_name, residuals, cotangents):
+    x, weight, bias, mean_hi, mean_lo, inv_std, n = residuals
     g, g_mean, g_var = cotangents
-    centered = (x - shift) - delta
-    x_hat = centered * inv_std
-    # Both reductions in one stacked array so that synchronized BN needs one collective for the backward, too.
-    sums = jnp.stack(
-        [jnp.sum(g, axis=reduce_axes, keepdims=True), jnp.sum(g * x_hat, axis=reduce_axes, keepdims=True)]
-    )
-    if axis_name is not None:
-        sums = lax.psum(sums, axis_name)
+    param = weight if weight is not None else bias
+    param_axes = _param_axes(x, param) if param is not None else reduce_axes
+    # BatchNorm: the parameters are constant on each statistics group, so one pair of sums serves both.
+    shared = set(param_axes) == {a for a in reduce_axes if x.shape[a] != 1}
+
+    def x_hat_expr():  # recomputed inside each fused pass (never materialized; see _distinct)
+        hi, lo, i = _distinct((mean_hi, mean_lo, inv_std))
+        return ((x - hi) + lo) * i
+
+    g_hat = g if weight is None else g * weight.astype(g.dtype)
+    if shared:
+        sum_g = jnp.sum(g, axis=reduce_axes, keepdims=True)
+        hi, lo, i = _distinct((mean_hi, mean_lo, inv_std))
+        sum_gx = i * (jnp.sum(g * (x - hi), axis=reduce_axes, keepdims=True) + lo * sum_g)
+        local = jnp.stack([sum_g, sum_gx])
+        if weight is not None:
+            local_hat = local * weight.astype(g.dtype)
+        else:
+            local_hat = local
+        param_sums = (sum_gx, sum_g)
+    else:
+        local_hat = jnp.stack([jnp.sum(g_hat, axis=reduce_axes, keepdims=True),
+                               jnp.sum(g_hat * x_hat_expr(), axis=reduce_axes, keepdims=True)])
+        param_sums = (jnp.sum(g * x_hat_expr(), axis=param_axes, keepdims=True) if weight is not None else None,
+                      jnp.sum(g, axis=param_axes, keepdims=True) if bias is not None else None)
+    sums = lax.psum(local_hat, axis_name) if axis_name is not None else local_hat
     g_bar, gx_bar = sums[0] / n, sums[1] / n
-    dx = inv_std * (g - g_bar - x_hat * gx_bar) + (g_mean + 2.0 * g_var * centered) / n
-    return (dx,)
+    hi, lo, i = _distinct((mean_hi, mean_lo, inv_std))
+    centered = (x - hi) + lo
+    dx = i * (g_hat - g_bar - centered * i * gx_bar) + (g_mean + 2.0 * g_var * centered) / n
+    d_weight = None if weight is None else param_sums[0].reshape(weight.shape).astype(weight.dtype)
+    d_bias = None if bias is None else param_sums[1].reshape(bias.shape).astype(bias.dtype)
+    return dx, d_weight, d_bias
 
 
-standardize.defvjp(_standardize_fwd, _standardize_bwd)
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 def normalize_with(x: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:
     """``(x − mean) / √(var + ε)`` with given (e.g. running) statistics, in the compute dtype."""
     x = x.astype(compute_dtype(x.dtype))
     return (x - mean) * lax.rsqrt(var.astype(x.dtype) + eps)
+
+
+def broadcast_params(params: dict, shape: Sequence[int]) -> tuple[jax.Array | None, jax.Array | None]:
+    """``(weight, bias)`` from a params dict, reshaped to the broadcast ``shape``; None where absent."""
+    return tuple(jnp.reshape(params[k], shape) if k in params else None for k in ("weight", "bias"))
 
 
 def affine(x_hat: jax.Array, params: dict, shape: Sequence[int]) -> jax.Array:

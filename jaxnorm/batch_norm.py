@@ -82,7 +82,8 @@ def batch_norm(
         if axis_name is None and _stats.group_size(x.shape, reduce_axes) == 1:
             raise ValueError(f"{_name}: expected more than 1 value per channel when training, got input shape "
                              f"{tuple(x.shape)} (one value for each of the {channels} channels)")
-        x_hat, mean, var = _stats.standardize(x, reduce_axes, eps, axis_name)
+        weight, bias = _stats.broadcast_params(params, shape)
+        y, mean, var = _stats.normalize(x, weight, bias, reduce_axes, eps, axis_name)
         if train and batch_stats:
             count = jnp.asarray(_stats.group_size(x.shape, reduce_axes), mean.dtype)
             if axis_name is not None:
@@ -92,8 +93,8 @@ def batch_norm(
     else:
         mean = jnp.reshape(batch_stats["running_mean"], shape)
         var = jnp.reshape(batch_stats["running_var"], shape)
-        x_hat = _stats.normalize_with(x, mean, var, eps)
-    return _stats.affine(x_hat, params, shape).astype(x.dtype), new_stats
+        y = _stats.affine(_stats.normalize_with(x, mean, var, eps), params, shape)
+    return y.astype(x.dtype), new_stats
 
 
 def _ranked(name: str, ranks: tuple[int, ...], layout: str):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import _checks, _stats
-from jaxnorm.batch_norm import Params, _param_shape
+from jaxnorm.batch_norm import Params
 
 
 def group_norm_init(num_groups: int, num_channels: int, *, affine: bool = True, dtype=jnp.float32) -> Params:
@@ -50,6 +50,7 @@ def group_norm(
 
     grouped = x.reshape(x.shape[:axis] + (num_groups, channels // num_groups) + x.shape[axis + 1:])
     reduce_axes = tuple(a for a in range(1, grouped.ndim) if a != axis)  # all but N and the group axis
-    x_hat, _, _ = _stats.standardize(grouped, reduce_axes, eps, None)
-    y = _stats.affine(x_hat.reshape(x.shape), params, _param_shape(x.ndim, axis, channels))
-    return y.astype(x.dtype)
+    # Per-channel parameters, split the same way as the channels: (..., G, C/G, ...).
+    param_shape = tuple(grouped.shape[a] if a in (axis, axis + 1) else 1 for a in range(grouped.ndim))
+    y, _, _ = _stats.normalize(grouped, *_stats.broadcast_params(params, param_shape), reduce_axes, eps, None)
+    return y.reshape(x.shape).astype(x.dtype)

@@ -67,7 +67,7 @@ def instance_norm(
         if _stats.group_size(x.shape, spatial) == 1:
             raise ValueError(f"{_name}: expected more than 1 spatial element when training, got input shape "
                              f"{tuple(x.shape)}")
-        x_hat, mean, var = _stats.standardize(x, spatial, eps, None)
+        y, mean, var = _stats.normalize(x, *_stats.broadcast_params(params, shape), spatial, eps, None)
         if train and batch_stats:
             # PyTorch folds N into C and runs batch norm, then averages the per-sample running stats over N.
             count = jnp.asarray(_stats.group_size(x.shape, spatial), mean.dtype)
@@ -81,8 +81,8 @@ def instance_norm(
     else:
         mean = jnp.reshape(batch_stats["running_mean"], shape)
         var = jnp.reshape(batch_stats["running_var"], shape)
-        x_hat = _stats.normalize_with(x, mean, var, eps)
-    return _stats.affine(x_hat, params, shape).astype(x.dtype), new_stats
+        y = _stats.affine(_stats.normalize_with(x, mean, var, eps), params, shape)
+    return y.astype(x.dtype), new_stats
 
 
 def _ranked(name: str, batched_rank: int, layout: str):

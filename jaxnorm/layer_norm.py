@@ -49,8 +49,9 @@ def layer_norm(
     """
     shape, axes = _trailing_axes("layer_norm", x, normalized_shape)
     _checks.check_params("layer_norm", params, shape)
-    x_hat, _, _ = _stats.standardize(x, axes, eps, None)
-    return _stats.affine(x_hat, params, shape).astype(x.dtype)
+    y, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, (1,) * (x.ndim - len(shape)) + shape), axes, eps,
+                               None)
+    return y.astype(x.dtype)
 
 
 def rms_norm_init(
