@@ -39,14 +39,15 @@ def _shift(x: jax.Array, reduce_axes: Axes) -> jax.Array:
     return lax.stop_gradient(x[index])
 
 
-def _distinct(tree):
+def _distinct(tree, tag: int):
     """The same values behind an optimization barrier, so XLA treats expressions built on them as different.
 
     Used where several fused passes each recompute a cheap elementwise expression of ``x`` (``x − s``, ``x̂``):
     without it, common-subexpression elimination merges them into one materialized full-size tensor, which costs an
-    extra write and read of ``x``'s size — the dominant cost of a memory-bound normalization.
+    extra write and read of ``x``'s size — the dominant cost of a memory-bound normalization. Each use site passes
+    its own ``tag`` (a dummy operand of that size) so that XLA cannot merge the barriers themselves either.
     """
-    return lax.optimization_barrier(tree)
+    return lax.optimization_barrier((tree, jnp.zeros((tag,), jnp.int8)))[0]
 
 
 def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
@@ -80,7 +81,7 @@ def shifted_moments(
     delta = jnp.sum(x - shift, axis=reduce_axes, keepdims=True) / n
     # A distinct (barriered) copy of the shift keeps XLA from CSE-ing ``x − s`` into one materialized tensor that both
     # sums then read: each sum fuses its own subtraction and reads ``x`` directly.
-    mean_d2 = jnp.sum(jnp.square(x - _distinct(shift)), axis=reduce_axes, keepdims=True) / n
+    mean_d2 = jnp.sum(jnp.square(x - _distinct(shift, 1)), axis=reduce_axes, keepdims=True) / n
     var = jnp.maximum(mean_d2 - delta * delta, 0.0)
     if axis_name is None:
         return shift, delta, var, jnp.asarray(n, x.dtype)
@@ -147,7 +148,8 @@ def _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name):
     x = x.astype(compute_dtype(x.dtype))
     shift, delta, var, n = shifted_moments(x, reduce_axes, axis_name=axis_name)
     inv_std = lax.rsqrt(var + eps)
-    y = _apply_affine(((x - shift) - delta) * inv_std, weight, bias)
+    s, d, i = _distinct((shift, delta, inv_std), 2)
+    y = _apply_affine(((x - s) - d) * i, weight, bias)
     # The mean as an unevaluated sum hi + lo (Fast2Sum: |shift| ≥ |delta| up to a few std): x − hi is exact for x
     # near the mean (Sterbenz), so (x − hi) + lo keeps the shifted precision without carrying a slice of x into the
     # backward, where XLA would re-slice x inside every fused pass and lose the fast reduction fusion.
@@ -168,15 +170,14 @@ def _normalize_bwd(reduce_axes, eps, axis_name, residuals, cotangents):
     # BatchNorm: the parameters are constant on each statistics group, so one pair of sums serves both.
     shared = set(param_axes) == {a for a in reduce_axes if x.shape[a] != 1}
 
-    def x_hat_expr():  # recomputed inside each fused pass (never materialized; see _distinct)
-        hi, lo, i = _distinct((mean_hi, mean_lo, inv_std))
+    def x_hat_expr(tag):  # recomputed inside each fused pass (never materialized; see _distinct)
+        hi, lo, i = _distinct((mean_hi, mean_lo, inv_std), tag)
         return ((x - hi) + lo) * i
 
     g_hat = g if weight is None else g * weight.astype(g.dtype)
     if shared:
         sum_g = jnp.sum(g, axis=reduce_axes, keepdims=True)
-        hi, lo, i = _distinct((mean_hi, mean_lo, inv_std))
-        sum_gx = i * (jnp.sum(g * (x - hi), axis=reduce_axes, keepdims=True) + lo * sum_g)
+        sum_gx = jnp.sum(g * x_hat_expr(1), axis=reduce_axes, keepdims=True)
         local = jnp.stack([sum_g, sum_gx])
         if weight is not None:
             local_hat = local * weight.astype(g.dtype)
@@ -185,12 +186,12 @@ def _normalize_bwd(reduce_axes, eps, axis_name, residuals, cotangents):
         param_sums = (sum_gx, sum_g)
     else:
         local_hat = jnp.stack([jnp.sum(g_hat, axis=reduce_axes, keepdims=True),
-                               jnp.sum(g_hat * x_hat_expr(), axis=reduce_axes, keepdims=True)])
-        param_sums = (jnp.sum(g * x_hat_expr(), axis=param_axes, keepdims=True) if weight is not None else None,
+                               jnp.sum(g_hat * x_hat_expr(1), axis=reduce_axes, keepdims=True)])
+        param_sums = (jnp.sum(g * x_hat_expr(2), axis=param_axes, keepdims=True) if weight is not None else None,
                       jnp.sum(g, axis=param_axes, keepdims=True) if bias is not None else None)
     sums = lax.psum(local_hat, axis_name) if axis_name is not None else local_hat
     g_bar, gx_bar = sums[0] / n, sums[1] / n
-    hi, lo, i = _distinct((mean_hi, mean_lo, inv_std))
+    hi, lo, i = _distinct((mean_hi, mean_lo, inv_std), 3)
     centered = (x - hi) + lo
     dx = i * (g_hat - g_bar - centered * i * gx_bar) + (g_mean + 2.0 * g_var * centered) / n
     d_weight = None if weight is None else param_sums[0].reshape(weight.shape).astype(weight.dtype)
