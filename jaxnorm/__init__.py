@@ -2,7 +2,8 @@
 
 Every normalization returns its output (and, for the stateful ones, the updated ``batch_stats``); all of them share
 one statistics core (:mod:`jaxnorm._stats`). Flax linen wrappers are in :mod:`jaxnorm.linen`, PyTorch-compatible
-initializers in :mod:`jaxnorm.init`.
+initializers in :mod:`jaxnorm.init`, PyTorch state-dict interop and BN folding in :mod:`jaxnorm.interop`,
+an activation-statistics inspector in :mod:`jaxnorm.inspect`.
 """
 
 from jaxnorm import init
@@ -24,10 +25,14 @@ __all__ = [
     "layer_norm", "layer_norm_init", "rms_norm", "rms_norm_init",
     "instance_norm", "instance_norm_1d", "instance_norm_2d", "instance_norm_3d", "instance_norm_init",
     "group_norm", "group_norm_init", "init",
-    "fold_batch_norm", "from_torch_state_dict", "to_torch_state_dict",
+    "fold_batch_norm", "from_torch_state_dict", "to_torch_state_dict", "flax_to_torch_state_dict",
+    "torch_to_flax_variables",
 ]
 
-try:  # interop helpers (jaxnorm/interop.py)
-    from jaxnorm.interop import fold_batch_norm, from_torch_state_dict, to_torch_state_dict  # noqa: F401
-except ImportError:  # pragma: no cover - module being added
-    pass
+from jaxnorm.interop import (
+    flax_to_torch_state_dict,
+    fold_batch_norm,
+    from_torch_state_dict,
+    to_torch_state_dict,
+    torch_to_flax_variables,
+)

@@ -7,16 +7,16 @@ with ``train=True`` apply them with ``mutable=["batch_stats"]``. ``init`` does n
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxnorm import batch_norm as _bn
-from jaxnorm import group_norm as _gn
-from jaxnorm import instance_norm as _in
-from jaxnorm import layer_norm as _ln
+from jaxnorm import _checks
+from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d
+from jaxnorm.group_norm import group_norm
+from jaxnorm.instance_norm import instance_norm_1d, instance_norm_2d, instance_norm_3d
+from jaxnorm.layer_norm import layer_norm, rms_norm
+from jaxnorm.recalibrate import recalibrate_batch_stats
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "GroupNorm", "RMSNorm", "recalibrate_batch_stats"]
@@ -30,7 +30,10 @@ def _affine_params(module: nn.Module, shape, bias: bool = True) -> dict:
 
 
 class _Stateful(nn.Module):
-    """Shared body of BatchNorm*/InstanceNorm*: gather collections, call the pure function, write stats back."""
+    """Shared body of BatchNorm*/InstanceNorm*: gather collections, call the pure function, write stats back.
+
+    ``_function`` (a plain class attribute, not a dataclass field) is the rank-checked pure function to call.
+    """
 
     num_features: int
     eps: float = 1e-5
@@ -40,7 +43,7 @@ class _Stateful(nn.Module):
     axis: int = 1
     axis_name: str | None = None
     param_dtype: jnp.dtype = jnp.float32
-    _function: Callable = staticmethod(_bn.batch_norm)
+    _function = staticmethod(batch_norm)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -65,19 +68,19 @@ class _Stateful(nn.Module):
 class BatchNorm1d(_Stateful):
     """``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L); see :func:`jaxnorm.batch_norm`."""
 
-    _function: Callable = staticmethod(_bn.batch_norm_1d)
+    _function = staticmethod(batch_norm_1d)
 
 
 class BatchNorm2d(_Stateful):
     """``torch.nn.BatchNorm2d``: input (N, C, H, W); see :func:`jaxnorm.batch_norm`."""
 
-    _function: Callable = staticmethod(_bn.batch_norm_2d)
+    _function = staticmethod(batch_norm_2d)
 
 
 class BatchNorm3d(_Stateful):
     """``torch.nn.BatchNorm3d``: input (N, C, D, H, W); see :func:`jaxnorm.batch_norm`."""
 
-    _function: Callable = staticmethod(_bn.batch_norm_3d)
+    _function = staticmethod(batch_norm_3d)
 
 
 class InstanceNorm1d(_Stateful):
@@ -85,19 +88,19 @@ class InstanceNorm1d(_Stateful):
 
     affine: bool = False
     track_running_stats: bool = False
-    _function: Callable = staticmethod(_in.instance_norm_1d)
+    _function = staticmethod(instance_norm_1d)
 
 
 class InstanceNorm2d(InstanceNorm1d):
     """``torch.nn.InstanceNorm2d``: input (C, H, W) or (N, C, H, W)."""
 
-    _function: Callable = staticmethod(_in.instance_norm_2d)
+    _function = staticmethod(instance_norm_2d)
 
 
 class InstanceNorm3d(InstanceNorm1d):
     """``torch.nn.InstanceNorm3d``: input (C, D, H, W) or (N, C, D, H, W)."""
 
-    _function: Callable = staticmethod(_in.instance_norm_3d)
+    _function = staticmethod(instance_norm_3d)
 
 
 class LayerNorm(nn.Module):
@@ -111,9 +114,9 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        shape = _ln._checks.normalized_shape_tuple("LayerNorm", self.normalized_shape)
+        shape = _checks.normalized_shape_tuple("LayerNorm", self.normalized_shape)
         params = _affine_params(self, shape, self.bias) if self.elementwise_affine else {}
-        return _ln.layer_norm(x, params, shape, eps=self.eps)
+        return layer_norm(x, params, shape, eps=self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -126,9 +129,9 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        shape = _ln._checks.normalized_shape_tuple("RMSNorm", self.normalized_shape)
+        shape = _checks.normalized_shape_tuple("RMSNorm", self.normalized_shape)
         params = _affine_params(self, shape, bias=False) if self.elementwise_affine else {}
-        return _ln.rms_norm(x, params, shape, eps=self.eps)
+        return rms_norm(x, params, shape, eps=self.eps)
 
 
 class GroupNorm(nn.Module):
@@ -144,12 +147,4 @@ class GroupNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         params = _affine_params(self, (self.num_channels,)) if self.affine else {}
-        return _gn.group_norm(x, params, self.num_groups, eps=self.eps, axis=self.axis)
-
-
-def __getattr__(name: str):
-    # recalibrate_batch_stats lives in its own module (it drives whole models); import lazily to keep this light.
-    if name == "recalibrate_batch_stats":
-        from jaxnorm.recalibrate import recalibrate_batch_stats
-        return recalibrate_batch_stats
-    raise AttributeError(f"module 'jaxnorm.linen' has no attribute {name!r}")
+        return group_norm(x, params, self.num_groups, eps=self.eps, axis=self.axis)

@@ -1,0 +1,154 @@
+"""Per-layer activation statistics of any Flax linen model — the lesson's per-layer std print, made general.
+
+>>> stats = activation_stats(model, variables, x, train=False)
+>>> print(format_table(stats))            # one row per module call, in execution order
+>>> stats.first_nonfinite                 # e.g. "fc7": the first layer whose output has NaN/inf
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+__all__ = ["LayerStats", "ActivationStats", "activation_stats", "format_table"]
+
+ROOT = "(root)"  # the name of the whole model's output row
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+    """Statistics of one module call's output (one array leaf of it).
+
+    ``std`` is Bessel-corrected (as ``torch.Tensor.std()``); ``mean``, ``std`` and ``max_abs`` are
+    taken over all elements in float64 (float32 activations can neither overflow nor underflow
+    there), so they are NaN/inf once the output is not all finite.
+    """
+
+    path: str  # module path joined by "." ("(root)" for the model's output), "[i]" per extra leaf/call
+    shape: tuple[int, ...]
+    dtype: str
+    mean: float
+    std: float
+    frac_zeros: float  # fraction of exact zeros, e.g. dead ReLUs
+    max_abs: float
+    finite: bool  # all elements finite
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationStats:
+    """Rows in execution order (a module's row follows those of the modules it calls)."""
+
+    layers: tuple[LayerStats, ...]
+    first_nonfinite: str | None  # path of the first row whose output is not all finite
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [row.as_dict() for row in self.layers]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, path: str) -> LayerStats:
+        for row in self.layers:
+            if row.path == path:
+                return row
+        raise KeyError(f"no layer {path!r}; layers: {[row.path for row in self.layers]}")
+
+
+def _row(path: str, value: Any) -> LayerStats:
+    x = np.asarray(value)
+    shape, dtype = x.shape, str(x.dtype)
+    x = x.astype(np.float64).ravel()
+    with warnings.catch_warnings():  # NaN/inf inputs and 1-element outputs are reported, not warned about
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
+        return LayerStats(
+            path=path,
+            shape=shape,
+            dtype=dtype,
+            mean=float(np.mean(x)) if x.size else float("nan"),
+            std=std,
+            frac_zeros=float(np.mean(x == 0)) if x.size else float("nan"),
+            max_abs=float(np.max(np.abs(x))) if x.size else float("nan"),
+            finite=bool(np.all(np.isfinite(x))),
+        )
+
+
+def _rows_for(name: str, outputs: Sequence[Any]) -> list[LayerStats]:
+    """Rows for one module path's captured outputs (one entry per call; pytrees are flattened)."""
+    rows = []
+    for call, output in enumerate(outputs):
+        leaves = jax.tree_util.tree_flatten_with_path(output)[0]
+        leaves = [(p, v) for p, v in leaves if hasattr(v, "shape") and hasattr(v, "dtype")]
+        for keypath, value in leaves:
+            suffix = (f"[call {call}]" if len(outputs) > 1 else "") + (jax.tree_util.keystr(keypath) if len(leaves) > 1 else "")
+            rows.append(_row(name + suffix, value))
+    return rows
+
+
+def _captured(intermediates: Mapping[str, Any], path: tuple[str, ...]) -> tuple[Any, ...]:
+    node = intermediates
+    for name in path:
+        node = node.get(name, {})
+    return tuple(node.get("__call__", ())) if isinstance(node, Mapping) else ()
+
+
+def activation_stats(model: nn.Module, variables: Mapping[str, Any], x: Any, **apply_kwargs) -> ActivationStats:
+    """Mean, std, fraction of zeros and finiteness of every module's output for input ``x``.
+
+    Runs ``model.apply(variables, x, capture_intermediates=True, **apply_kwargs)`` eagerly (``x`` may
+    be any positional input the model takes) and reports one row per module ``__call__``, in the order
+    the calls returned, plus the first row whose output has a NaN or inf — where a diverging network
+    breaks. Training-mode runs (``train=True``) work too: ``batch_stats`` is made mutable, and the
+    updated statistics are discarded.
+    """
+    mutable = apply_kwargs.pop("mutable", False)
+    if mutable is not True:  # keep the caller's mutable collections, add what capturing needs
+        extra = [mutable] if isinstance(mutable, str) else list(mutable or [])
+        mutable = ["intermediates", *extra, *(["batch_stats"] if "batch_stats" in variables else [])]
+    apply_kwargs.setdefault("capture_intermediates", True)
+
+    order: list[tuple[str, ...]] = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and tuple(context.module.path) not in order:
+            order.append(tuple(context.module.path))  # call-completion order: inner modules first
+        return out
+
+    with nn.intercept_methods(record):
+        _, state = model.apply(variables, x, mutable=mutable, **apply_kwargs)
+    intermediates = state.get("intermediates", {})
+
+    rows = []
+    for path in order:
+        rows += _rows_for(".".join(path) or ROOT, _captured(intermediates, path))
+    first = next((row.path for row in rows if not row.finite), None)
+    return ActivationStats(layers=tuple(rows), first_nonfinite=first)
+
+
+def format_table(stats: ActivationStats) -> str:
+    """A plain-text table of :func:`activation_stats` rows, with the first non-finite layer marked."""
+    if not isinstance(stats, ActivationStats):
+        raise TypeError(f"expected ActivationStats (from activation_stats), got {type(stats).__name__}")
+    header = ("layer", "shape", "mean", "std", "zeros", "max|x|", "finite")
+    lines = [
+        (row.path, "x".join(map(str, row.shape)) or "()", f"{row.mean:.4g}", f"{row.std:.4g}",
+         f"{row.frac_zeros:.1%}", f"{row.max_abs:.4g}", "yes" if row.finite else "NO")
+        for row in stats.layers
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
+    out = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)]
+    out.append(
+        f"first non-finite output: {stats.first_nonfinite}" if stats.first_nonfinite else "all outputs finite"
+    )
+    return "\n".join(out)

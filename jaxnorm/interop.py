@@ -1,0 +1,362 @@
+"""PyTorch interop and inference helpers: state dicts in both directions, and BN folding.
+
+jaxnorm's parameter and buffer names are PyTorch's (``weight``, ``bias``, ``running_mean``,
+``running_var``, ``num_batches_tracked``), so one norm layer's state dict maps one-to-one
+(:func:`from_torch_state_dict`, :func:`to_torch_state_dict`). For whole Flax linen models,
+:func:`flax_to_torch_state_dict` and :func:`torch_to_flax_variables` also rename and transpose the
+Flax layer kernels into PyTorch's layouts.
+
+torch is never imported here: tensors are recognised by duck typing (``.detach()``), so this module
+works (on NumPy arrays) where torch is not installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "fold_batch_norm",
+    "from_torch_state_dict",
+    "to_torch_state_dict",
+    "flax_to_torch_state_dict",
+    "torch_to_flax_variables",
+]
+
+_PARAM_KEYS = ("weight", "bias")
+_STAT_KEYS = ("running_mean", "running_var", "num_batches_tracked")
+_COUNTER = "num_batches_tracked"
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor (any device, requires_grad or not), JAX array or array-like as NumPy.
+
+    Callers copy the result (``jnp.array``): on CPU ``tensor.numpy()`` shares the tensor's memory, and
+    ``jnp.asarray`` may share that again, so a later in-place update in PyTorch (e.g. a training-mode
+    forward updating ``running_mean``) would silently change the "immutable" JAX array.
+    """
+    if hasattr(value, "detach"):  # torch.Tensor, recognised without importing torch
+        value = value.detach()
+        if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        value = value.cpu().numpy()
+    return np.asarray(value)
+
+
+def _norm_layer_problem(layer: Mapping[str, Any], where: str) -> str | None:
+    """Why the entries of one layer (keys without prefix) are not one norm layer's, or None."""
+    unknown = sorted(set(layer) - set(_PARAM_KEYS + _STAT_KEYS))
+    if unknown:
+        return f"{where}: expected only {_PARAM_KEYS + _STAT_KEYS}, got also {unknown}"
+    shapes = {k: tuple(np.shape(v)) for k, v in layer.items()}
+    for a, b in (("weight", "bias"), ("running_mean", "running_var"), ("weight", "running_mean")):
+        if a in shapes and b in shapes and shapes[a] != shapes[b]:
+            return (f"{where}: expected {a!r} and {b!r} of the same shape, got {shapes[a]} and {shapes[b]} "
+                    "(is this a normalization layer?)")
+    if ("running_mean" in layer) != ("running_var" in layer):
+        return f"{where}: expected both 'running_mean' and 'running_var', got only one of them"
+    return None
+
+
+def _layer_prefixes(state_dict: Mapping[str, Any]) -> list[str]:
+    """Prefixes of the layers in a whole model's state dict that look like norm layers, for error messages."""
+    layers: dict[str, dict[str, Any]] = {}
+    for key, value in state_dict.items():
+        if "." in key:
+            prefix, name = key.rsplit(".", 1)
+            layers.setdefault(prefix + ".", {})[name] = value
+    return sorted(p for p, layer in layers.items() if _norm_layer_problem(layer, p) is None)
+
+
+# --------------------------------------------------------------------------------------------
+# One norm layer
+# --------------------------------------------------------------------------------------------
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tuple[dict, dict]:
+    """One PyTorch normalization layer's state dict as jaxnorm ``(params, batch_stats)``.
+
+    Works for ``BatchNorm1d/2d/3d``, ``InstanceNorm*`` (with ``affine`` / ``track_running_stats``),
+    ``LayerNorm``, ``GroupNorm`` and ``RMSNorm``: whatever of ``weight``, ``bias``, ``running_mean``,
+    ``running_var`` and ``num_batches_tracked`` is present is returned under the same key.
+
+    Args:
+      state_dict: ``module.state_dict()`` — values may be torch tensors (any device) or NumPy/JAX
+        arrays. It may be a whole model's state dict; ``prefix`` then selects the layer.
+      prefix: the layer's key prefix, e.g. ``"bn1."`` or ``"layer1.0.bn1"`` (a missing trailing dot
+        is added). Only keys directly under the prefix are read.
+
+    Returns:
+      ``params`` (``{"weight", "bias"}``, or a subset, or ``{}``) and ``batch_stats``
+      (``{"running_mean", "running_var", "num_batches_tracked"}`` or ``{}``) as JAX arrays; the
+      counter becomes ``int32`` (PyTorch stores ``int64``). A missing counter (checkpoints older than
+      PyTorch 0.4.1) is set to 0, as PyTorch itself does when loading them.
+
+    Raises:
+      ValueError: no entry under ``prefix``, an entry that is not a norm-layer parameter or buffer,
+        or shapes that do not belong to one norm layer.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    if prefix and not prefix.endswith("."):
+        prefix += "."
+    layer = {
+        k[len(prefix):]: _to_numpy(v)
+        for k, v in state_dict.items()
+        if k.startswith(prefix) and "." not in k[len(prefix):]
+    }
+    if not layer:
+        raise ValueError(
+            f"no entries directly under prefix {prefix!r}; norm layers in this state dict: "
+            f"{_layer_prefixes(state_dict) or 'none'}"
+        )
+    problem = _norm_layer_problem(layer, f"state dict prefix {prefix!r}")
+    if problem:
+        raise ValueError(problem)
+
+    params = {k: jnp.array(layer[k]) for k in _PARAM_KEYS if k in layer}
+    batch_stats = {}
+    if "running_mean" in layer:
+        batch_stats = {
+            "running_mean": jnp.array(layer["running_mean"]),
+            "running_var": jnp.array(layer["running_var"]),
+            _COUNTER: jnp.array(layer.get(_COUNTER, 0), dtype=jnp.int32).reshape(()),
+        }
+    return params, batch_stats
+
+
+def to_torch_state_dict(params: Mapping[str, Any], batch_stats: Mapping[str, Any], *, prefix: str = "") -> dict[str, np.ndarray]:
+    """jaxnorm ``(params, batch_stats)`` of one norm layer as a PyTorch-style state dict.
+
+    Returns NumPy arrays (writable copies) under PyTorch's keys, in PyTorch's order (parameters, then
+    buffers), with ``num_batches_tracked`` as a 0-d ``int64`` as PyTorch stores it. Load it with
+    ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``. ``prefix`` (e.g.
+    ``"bn1."``) is prepended to every key.
+    """
+    for name, tree, allowed in (("params", params, _PARAM_KEYS), ("batch_stats", batch_stats, _STAT_KEYS)):
+        if not isinstance(tree, Mapping):
+            raise TypeError(f"expected {name} to be a dict, got {type(tree).__name__}")
+        unknown = sorted(set(tree) - set(allowed))
+        if unknown:
+            raise ValueError(f"expected {name} keys among {allowed}, got also {unknown}")
+    out = {prefix + k: np.array(params[k]) for k in _PARAM_KEYS if k in params}
+    for k in _STAT_KEYS:
+        if k in batch_stats:
+            dtype = np.int64 if k == _COUNTER else None
+            out[prefix + k] = np.array(batch_stats[k], dtype=dtype)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Folding an eval-mode BN into the preceding linear layer
+# --------------------------------------------------------------------------------------------
+
+
+def fold_batch_norm(kernel, bias, params: Mapping[str, Any], batch_stats: Mapping[str, Any], *, eps: float = 1e-5, out_axis: int = -1):
+    r"""Fold an eval-mode BatchNorm into the dense/conv layer that feeds it.
+
+    For ``z = W * x + b`` followed by eval-mode BN with running statistics :math:`\mu, \sigma^2`,
+
+    .. math::
+        \mathrm{BN}(z) = \gamma \frac{W * x + b - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
+                       = \underbrace{s\,W}_{W'} * x + \underbrace{s\,(b - \mu) + \beta}_{b'},
+        \qquad s = \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}},
+
+    where :math:`s` scales every output channel of the kernel. The folded layer computes the same
+    function with one layer fewer (training-mode BN cannot be folded: it uses batch statistics).
+
+    Args:
+      kernel: the layer's weight; its output channels lie on ``out_axis``: ``-1`` for Flax layouts
+        (Dense ``(in, out)``, Conv ``(kh, kw, in, out)``), ``0`` for PyTorch's (Linear ``(out, in)``,
+        Conv ``(out, in, kh, kw)``); for PyTorch's ConvTranspose ``(in, out, kh, kw)`` use ``1``.
+      bias: the layer's bias ``(C,)``, or ``None`` for a layer without bias (e.g. ``bias=False``).
+      params: the BN's ``{"weight", "bias"}`` (``{}`` for ``affine=False``).
+      batch_stats: the BN's running statistics (``running_mean``, ``running_var``).
+      eps: the BN's epsilon.
+      out_axis: the kernel's output-channel axis.
+
+    Returns:
+      ``(kernel', bias')`` in the dtypes of the inputs (``bias'`` in the kernel's dtype when ``bias`` is
+      ``None``); the arithmetic is done in at least float32.
+
+    Raises:
+      ValueError: no running statistics, or channel counts that do not agree.
+    """
+    kernel = jnp.asarray(kernel)
+    if not -kernel.ndim <= out_axis < kernel.ndim:
+        raise ValueError(f"expected out_axis in [{-kernel.ndim}, {kernel.ndim}) for a kernel of shape {kernel.shape}, got {out_axis}")
+    if "running_mean" not in batch_stats or "running_var" not in batch_stats:
+        raise ValueError(
+            "expected batch_stats with 'running_mean' and 'running_var', got keys "
+            f"{sorted(batch_stats)}; a BN without running statistics normalizes by the batch and cannot be folded"
+        )
+    mean, var = jnp.asarray(batch_stats["running_mean"]), jnp.asarray(batch_stats["running_var"])
+    channels = kernel.shape[out_axis]
+    named = {"running_mean": mean, "running_var": var, **{f"BN {k}": jnp.asarray(v) for k, v in params.items()}}
+    if bias is not None:
+        named["layer bias"] = jnp.asarray(bias)
+    for name, value in named.items():
+        if value.shape != (channels,):
+            raise ValueError(
+                f"kernel of shape {kernel.shape} has {channels} output channels on out_axis={out_axis}; "
+                f"expected {name} of shape ({channels},), got {value.shape}"
+            )
+
+    compute = jnp.promote_types(kernel.dtype, jnp.float32)
+    gamma = named.get("BN weight", jnp.ones(channels, compute)).astype(compute)
+    beta = named.get("BN bias", jnp.zeros(channels, compute)).astype(compute)
+    b = named.get("layer bias", jnp.zeros(channels, compute)).astype(compute)
+    scale = gamma / jnp.sqrt(var.astype(compute) + eps)
+
+    broadcast = [1] * kernel.ndim
+    broadcast[out_axis] = channels
+    new_kernel = (kernel.astype(compute) * scale.reshape(broadcast)).astype(kernel.dtype)
+    bias_dtype = kernel.dtype if bias is None else named["layer bias"].dtype
+    new_bias = ((b - mean.astype(compute)) * scale + beta).astype(bias_dtype)
+    return new_kernel, new_bias
+
+
+# --------------------------------------------------------------------------------------------
+# Whole Flax linen models <-> PyTorch-style flat state dicts
+# --------------------------------------------------------------------------------------------
+
+# Flax leaf name -> PyTorch name. Flax's ``nn.BatchNorm`` keeps ``mean``/``var``: eval-mode outputs
+# then agree, but note that Flax's running ``var`` is an average of *biased* batch variances.
+_RENAME = {"kernel": "weight", "scale": "weight", "embedding": "weight", "mean": "running_mean", "var": "running_var"}
+
+
+def _kernel_perm(ndim: int) -> tuple[int, ...]:
+    """Axis order taking a Flax kernel to PyTorch's layout.
+
+    Dense ``(in, out) -> (out, in)``; Conv ``(*k, in, out) -> (out, in, *k)`` for 1, 2 or 3
+    spatial dims (grouped convs too: Flax ``(*k, in/g, out)``, PyTorch ``(out, in/g, *k)``).
+    """
+    return (ndim - 1, ndim - 2, *range(ndim - 2))
+
+
+def _iter_leaves(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, leaf) pairs of a nested dict, in insertion order (jax.tree sorts keys; we keep the model's)."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _iter_leaves(value, (*path, str(key)))
+        else:
+            yield (*path, str(key)), value
+
+
+def _torch_key(path: tuple[str, ...]) -> str:
+    return ".".join((*path[:-1], _RENAME.get(path[-1], path[-1])))
+
+
+def _leaf_perm(path: tuple[str, ...], ndim: int) -> tuple[int, ...] | None:
+    """The transpose taking this Flax leaf to PyTorch's layout, or None when layouts agree."""
+    if path[-1] != "kernel":
+        return None
+    if ndim < 2:
+        raise ValueError(f"expected a kernel of rank >= 2 at {'/'.join(path)}, got rank {ndim}")
+    return _kernel_perm(ndim)
+
+
+def _collections(variables: Mapping[str, Any], collections: tuple[str, ...]) -> Iterator[tuple[str, tuple[str, ...], Any]]:
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"expected Flax variables (a dict of collections), got {type(variables).__name__}")
+    for col in collections:
+        for path, leaf in _iter_leaves(variables.get(col, {})):
+            yield col, path, leaf
+
+
+def flax_to_torch_state_dict(variables: Mapping[str, Any], *, collections: tuple[str, ...] = ("params", "batch_stats")) -> dict[str, np.ndarray]:
+    """A Flax linen model's variables as a flat PyTorch-style state dict of NumPy arrays.
+
+    Module paths join with ``"."``; leaves are renamed and transposed to PyTorch's conventions:
+
+    ============================  ===============================================
+    Flax                          PyTorch
+    ============================  ===============================================
+    Dense ``kernel (in, out)``    Linear ``weight (out, in)``
+    Conv ``kernel (*k, in, out)`` Conv ``weight (out, in, *k)``
+    ``scale`` / ``embedding``     ``weight``
+    ``mean`` / ``var``            ``running_mean`` / ``running_var``
+    anything else (``bias``,      same name, same array (jaxnorm layers already use
+    jaxnorm's norm leaves)        PyTorch's names); ``num_batches_tracked`` as int64
+    ============================  ===============================================
+
+    E.g. ``{"params": {"conv1": {"kernel", "bias"}, "bn1": {"weight", "bias"}},
+    "batch_stats": {"bn1": {...}}}`` gives ``conv1.weight, conv1.bias, bn1.weight, bn1.bias,
+    bn1.running_mean, ...``. Flax's ``ConvTranspose`` and ``DenseGeneral`` kernels have other
+    PyTorch layouts and are not supported. Only ``collections`` are exported.
+    """
+    out: dict[str, np.ndarray] = {}
+    for col, path, leaf in _collections(variables, collections):
+        key = _torch_key(path)
+        if key in out:
+            raise ValueError(f"two Flax leaves map to the PyTorch key {key!r} (second: {col}/{'/'.join(path)})")
+        value = np.array(leaf, dtype=np.int64 if path[-1] == _COUNTER else None)
+        perm = _leaf_perm(path, value.ndim)
+        out[key] = np.ascontiguousarray(value.transpose(perm)) if perm else value
+    return out
+
+
+def torch_to_flax_variables(
+    state_dict: Mapping[str, Any],
+    template_variables: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    collections: tuple[str, ...] = ("params", "batch_stats"),
+) -> dict[str, Any]:
+    """Load a PyTorch-style state dict into a Flax linen model's variables (inverse of
+    :func:`flax_to_torch_state_dict`).
+
+    The template (e.g. ``model.init(...)`` or ``jax.eval_shape(model.init, ...)``) fixes the structure,
+    shapes and dtypes: every leaf of its ``collections`` is read from ``state_dict[key]`` (key and
+    transpose as in :func:`flax_to_torch_state_dict`), checked against the template's shape and cast to
+    its dtype (``num_batches_tracked`` int64 -> int32). Other collections of the template are copied.
+
+    Args:
+      state_dict: ``torch_model.state_dict()`` (tensors) or a dict of NumPy arrays.
+      template_variables: Flax variables whose structure the result copies.
+      strict: also fail on state-dict entries the template has no leaf for (as PyTorch's
+        ``load_state_dict(strict=True)``). ``num_batches_tracked`` entries are never required
+        to be matched: layers such as Flax's ``nn.BatchNorm`` keep no counter (and a counter
+        missing from the state dict is loaded as 0, as PyTorch does for old checkpoints).
+
+    Raises:
+      ValueError: missing (or, with ``strict``, unexpected) keys, or a shape that does not match.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    result = {col: tree for col, tree in template_variables.items() if col not in collections}
+    used, missing = set(), []
+    for col, path, leaf in _collections(template_variables, collections):
+        key = _torch_key(path)
+        if key in state_dict:
+            used.add(key)
+            value = _to_numpy(state_dict[key])
+        elif path[-1] == _COUNTER:  # checkpoints older than PyTorch 0.4.1 have no counter; PyTorch uses 0
+            value = np.zeros((), np.int64)
+        else:
+            missing.append(key)
+            continue
+        shape, dtype = tuple(np.shape(leaf)), getattr(leaf, "dtype", np.asarray(leaf).dtype)
+        perm = _leaf_perm(path, len(shape))
+        expected = tuple(shape[i] for i in perm) if perm else shape
+        if value.shape != expected:
+            raise ValueError(
+                f"state dict entry {key!r}: expected shape {expected} (Flax {col}/{'/'.join(path)} of shape "
+                f"{shape}), got {value.shape}"
+            )
+        if perm:
+            value = value.transpose(np.argsort(perm))
+        node = result.setdefault(col, {})
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = jnp.array(value, dtype=dtype)  # a copy: see _to_numpy
+    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(_COUNTER))
+    problems = [f"missing keys {missing}"] if missing else []
+    if strict and unexpected:
+        problems.append(f"unexpected keys {unexpected} (strict=False ignores them)")
+    if problems:
+        raise ValueError("state dict does not match the template: " + "; ".join(problems))
+    return result

@@ -1,0 +1,117 @@
+"""jaxnorm.inspect.activation_stats / format_table on small models with known statistics and a known NaN layer.
+
+Goldens: the same forward pass recomputed with float64 NumPy from the parameters.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm.linen as jnn
+from jaxnorm.inspect import ActivationStats, activation_stats, format_table
+
+
+class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.relu(nn.Dense(6, name="fc")(x))
+
+
+class Log(nn.Module):
+    """log(x - 1): NaN wherever x < 1 (after BN, about 84% of a standard normal)."""
+
+    def __call__(self, x):
+        return jnp.log(x - 1.0)
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train):
+        x = Block(name="block")(x)
+        x = jnn.BatchNorm1d(6, name="bn")(x, train=train)
+        x = Log(name="bad")(x)
+        return nn.Dense(3, name="head")(x)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    x = jax.random.normal(jax.random.key(0), (32, 5))
+    model = Net()
+    return model, model.init(jax.random.key(1), x, train=False), x
+
+
+def test_rows_order_values_and_first_nonfinite(setup):
+    model, variables, x = setup
+    stats = activation_stats(model, variables, x, train=True)
+    assert isinstance(stats, ActivationStats)
+    # execution order: a module's row follows its children's; the root last
+    assert [row.path for row in stats.layers] == ["block.fc", "block", "bn", "bad", "head", "(root)"]
+    assert stats.first_nonfinite == "bad"
+    assert [row.finite for row in stats.layers] == [True, True, True, False, False, False]
+
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+    pre = np.asarray(x, np.float64) @ p["block"]["fc"]["kernel"] + p["block"]["fc"]["bias"]
+    relu = np.maximum(pre, 0)
+    for path, want in (("block.fc", pre), ("block", relu)):
+        row = stats[path]
+        assert row.shape == want.shape and row.dtype == "float32"
+        np.testing.assert_allclose(row.mean, want.mean(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(row.std, want.std(ddof=1), rtol=1e-5)  # Bessel, as torch.Tensor.std()
+        np.testing.assert_allclose(row.max_abs, np.abs(want).max(), rtol=1e-5)
+        assert row.frac_zeros == np.mean(want == 0)
+    assert 0.2 < stats["block"].frac_zeros < 0.8  # dead ReLUs are counted
+    # train-mode BN output: per-channel mean 0, biased std 1 -> overall std sqrt(n / (n - 1))
+    np.testing.assert_allclose(stats["bn"].std, np.sqrt(192 / 191), rtol=1e-4)
+    assert np.isnan(stats["bad"].mean) and np.isnan(stats["bad"].std)
+
+
+def test_eval_mode_all_finite_and_table(setup):
+    model, variables, x = setup
+    params = {**variables["params"], "bn": {**variables["params"]["bn"], "bias": jnp.full(6, 10.0)}}
+    stats = activation_stats(model, {**variables, "params": params}, x, train=False)  # eval BN output >= 10
+    assert stats.first_nonfinite is None
+    table = format_table(stats)
+    lines = table.splitlines()
+    assert lines[0].split() == ["layer", "shape", "mean", "std", "zeros", "max|x|", "finite"]
+    assert len(lines) == 2 + 6 + 1 and lines[-1] == "all outputs finite"
+    assert "first non-finite output: bad" in format_table(activation_stats(model, variables, x, train=True))
+    assert stats.as_dicts()[0]["path"] == "block.fc"
+    with pytest.raises(KeyError, match="no layer 'nope'"):
+        stats["nope"]
+    with pytest.raises(TypeError, match="expected ActivationStats"):
+        format_table(stats.as_dicts())
+
+
+class Scale(nn.Module):
+    factor: float
+
+    def __call__(self, x):
+        return x * self.factor
+
+
+class Deep(nn.Module):
+    """Activations of std ~1e30 and ~1e-30: a float32 sum of squares would overflow / underflow."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = Scale(1e30, name="up")(x)
+        x = Scale(1e-30, name="down")(x)
+        x = Scale(1e-30, name="tiny")(x)
+        same = Scale(1e15, name="same")
+        return same(same(x))  # the same module called twice: one row per call
+
+
+def test_extreme_scales_and_repeated_calls():
+    x = jax.random.normal(jax.random.key(2), (64,))
+    stats = activation_stats(Deep(), {}, x)
+    want = np.asarray(x, np.float64).std(ddof=1)
+    np.testing.assert_allclose(stats["up"].std, want * 1e30, rtol=1e-5)
+    np.testing.assert_allclose(stats["tiny"].std, want * 1e-30, rtol=1e-5)
+    assert [row.path for row in stats.layers] == ["up", "down", "tiny", "same[call 0]", "same[call 1]", "(root)"]
+    np.testing.assert_allclose(stats["same[call 0]"].std, want * 1e-15, rtol=1e-5)
+    np.testing.assert_allclose(stats["same[call 1]"].std, want, rtol=1e-5)
+    assert stats.first_nonfinite is None
