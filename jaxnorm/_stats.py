@@ -70,7 +70,7 @@ def shifted_moments(
     40 % of a 1e-2 standard deviation — whereas ``(x − s) − δ`` is exact to float32 rounding of the deviation.
 
     With ``axis_name`` the per-device ``(sᵢ, δᵢ, σᵢ²)`` are gathered in **one** collective and combined with Chan's
-    parallel formula ``σ² = mean σᵢ² + mean (μᵢ − μ)²`` (computed relative to the local shift) — exact and as
+    parallel formula ``σ² = mean σᵢ² + mean (μᵢ − μ)²`` (computed relative to device 0's shift) — exact and as
     stable as the local statistics; a ``psum`` of ``Σx`` and ``Σx²`` would reintroduce the cancellation the shift
     removed. SPMD devices see equal local shapes, so every device contributes the same count ``n``.
     ``count`` is the global number of elements per group (a float scalar).
@@ -85,12 +85,19 @@ def shifted_moments(
     var = jnp.maximum(mean_d2 - delta * delta, 0.0)
     if axis_name is None:
         return shift, delta, var, jnp.asarray(n, x.dtype)
-    gathered = lax.all_gather(jnp.stack([shift, delta, var]), axis_name)  # (devices, 3, ...)
-    # Every device's mean relative to *this* device's shift: (s_j − s) is exact for nearby shifts (Sterbenz).
+    # All-gather as ONE psum of rows placed by device index: a psum's result is replicated (the same value and, under
+    # shard_map, the same "invariant" type on every device), which an all_gather's is not.
+    devices = lax.axis_size(axis_name)
+    local = jnp.stack([shift, delta, var])
+    one_hot = (jnp.arange(devices) == lax.axis_index(axis_name)).reshape((devices,) + (1,) * local.ndim)
+    gathered = lax.psum(jnp.where(one_hot, local[None], 0.0), axis_name)  # (devices, 3, ...)
+    # Every device combines relative to device 0's shift, so all replicas get bit-identical statistics;
+    # (s_j − s_0) is exact for nearby shifts (Sterbenz).
+    shift = lax.stop_gradient(gathered[0, 0])
     means = (gathered[:, 0] - shift) + gathered[:, 1]
     delta = jnp.mean(means, axis=0)
     var = jnp.mean(gathered[:, 2], axis=0) + jnp.mean(jnp.square(means - delta), axis=0)
-    return shift, delta, var, jnp.asarray(n * gathered.shape[0], x.dtype)
+    return shift, delta, var, jnp.asarray(n * devices, x.dtype)
 
 
 def moments(
@@ -107,7 +114,6 @@ def mean_square(x: jax.Array, reduce_axes: Axes) -> jax.Array:
     return jnp.mean(x * x, axis=reduce_axes, keepdims=True)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def normalize(
     x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, reduce_axes: Axes, eps: float,
     axis_name: str | None,
@@ -120,8 +126,25 @@ def normalize(
     ``weight``/``bias`` (or None) are already shaped to broadcast against ``x``; ``y``, ``μ``, ``σ²`` are in the
     compute dtype (≥ float32), ``μ``/``σ²`` with ``reduce_axes`` kept as size-1 dims.
 
+    Without ``axis_name`` the gradient is the closed form of :func:`_normalize_local`. With ``axis_name`` (statistics
+    over a named mapped axis) the forward is differentiated by autodiff through the collective instead: a
+    ``custom_vjp`` whose rules contain a collective fails in JAX 0.10 when a VJP is taken outside ``vmap(axis_name)``,
+    and its per-device parameter gradients would not type-check under ``shard_map``'s replication checks.
+    """
+    if axis_name is None:
+        return _normalize_local(x, weight, bias, reduce_axes, eps)
+    outputs, _ = _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name)
+    return outputs
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _normalize_local(
+    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, reduce_axes: Axes, eps: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r""":func:`normalize` on one device, with a closed-form backward pass.
+
     The backward pass is the closed form rather than autodiff through the one-pass moments (which would read ``x``
-    and the cotangent several more times). With ``ĝ = g γ`` and bars for means over the (global) group of ``n``:
+    and the cotangent several more times). With ``ĝ = g γ`` and bars for means over each group of ``n``:
 
     .. math::
         \frac{\partial L}{\partial x} = \frac{1}{\sqrt{\sigma^2+\varepsilon}}
@@ -132,10 +155,9 @@ def normalize(
 
     where ``P`` are the axes the parameters broadcast over. When ``P`` is the reduced set (BatchNorm), ``γ`` is
     constant on each group and the two parameter sums *are* the two sums ``dx`` needs, so the backward reads
-    ``x`` and ``g`` in three passes in all. Under ``axis_name`` the two group sums take one ``psum`` (stacked);
-    the parameter gradients stay per-device, as autodiff would give them.
+    ``x`` and ``g`` in three passes in all.
     """
-    outputs, _ = _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name)
+    outputs, _ = _normalize_fwd(x, weight, bias, reduce_axes, eps)
     return outputs
 
 
@@ -144,7 +166,7 @@ def _apply_affine(x_hat, weight, bias):
     return y if bias is None else y + bias.astype(x_hat.dtype)
 
 
-def _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name):
+def _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name=None):
     x = x.astype(compute_dtype(x.dtype))
     shift, delta, var, n = shifted_moments(x, reduce_axes, axis_name=axis_name)
     inv_std = lax.rsqrt(var + eps)
@@ -162,7 +184,7 @@ def _param_axes(x, param) -> Axes:
     return tuple(a for a in range(x.ndim) if param.shape[a] == 1 and x.shape[a] != 1)
 
 
-def _normalize_bwd(reduce_axes, eps, axis_name, residuals, cotangents):
+def _normalize_bwd(reduce_axes, eps, residuals, cotangents):
     x, weight, bias, mean_hi, mean_lo, inv_std, n = residuals
     g, g_mean, g_var = cotangents
     param = weight if weight is not None else bias
@@ -178,18 +200,15 @@ def _normalize_bwd(reduce_axes, eps, axis_name, residuals, cotangents):
     if shared:
         sum_g = jnp.sum(g, axis=reduce_axes, keepdims=True)
         sum_gx = jnp.sum(g * x_hat_expr(1), axis=reduce_axes, keepdims=True)
-        local = jnp.stack([sum_g, sum_gx])
+        sums = jnp.stack([sum_g, sum_gx])
         if weight is not None:
-            local_hat = local * weight.astype(g.dtype)
-        else:
-            local_hat = local
+            sums = sums * weight.astype(g.dtype)
         param_sums = (sum_gx, sum_g)
     else:
-        local_hat = jnp.stack([jnp.sum(g_hat, axis=reduce_axes, keepdims=True),
-                               jnp.sum(g_hat * x_hat_expr(1), axis=reduce_axes, keepdims=True)])
+        sums = jnp.stack([jnp.sum(g_hat, axis=reduce_axes, keepdims=True),
+                          jnp.sum(g_hat * x_hat_expr(1), axis=reduce_axes, keepdims=True)])
         param_sums = (jnp.sum(g * x_hat_expr(2), axis=param_axes, keepdims=True) if weight is not None else None,
                       jnp.sum(g, axis=param_axes, keepdims=True) if bias is not None else None)
-    sums = lax.psum(local_hat, axis_name) if axis_name is not None else local_hat
     g_bar, gx_bar = sums[0] / n, sums[1] / n
     hi, lo, i = _distinct((mean_hi, mean_lo, inv_std), 3)
     centered = (x - hi) + lo
@@ -199,7 +218,7 @@ def _normalize_bwd(reduce_axes, eps, axis_name, residuals, cotangents):
     return dx, d_weight, d_bias
 
 
-normalize.defvjp(_normalize_fwd, _normalize_bwd)
+_normalize_local.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 def normalize_with(x: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:

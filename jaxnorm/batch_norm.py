@@ -87,7 +87,7 @@ def batch_norm(
         if train and batch_stats:
             count = jnp.asarray(_stats.group_size(x.shape, reduce_axes), mean.dtype)
             if axis_name is not None:
-                count = count * jax.lax.psum(1, axis_name)
+                count = count * jax.lax.axis_size(axis_name)
             new_stats = _stats.update_running_stats(batch_stats, mean.reshape(channels), var.reshape(channels),
                                                     count, momentum)
     else:
