@@ -1,0 +1,303 @@
+"""experiments.models / train / lenet: PyTorch parity of the pieces, one train step, the CLI end to end,
+divergence handling, and kill-and-resume.
+
+Independent oracles: the lesson's PyTorch LeNet (weights copied in), torch.optim.SGD + StepLR for the
+optimizer and schedule, the fan-in formulas of PyTorch's default init, and an uninterrupted run for resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import lenet, models, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
+def _cli(*args, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.lenet", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+def _tiny_folder(root: Path, n_train=10, n_valid=3, seed=0) -> Path:
+    """Two classes of 12x12 PNGs (bright vs dark noise), n_train + n_valid per class."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        for label, (lo, hi) in enumerate(((0, 120), (130, 256))):
+            d = root / split / f"class{label}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(lo, hi, (12, 12, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ models
+def _torch_lenet(torch):
+    nn, F = torch.nn, torch.nn.functional
+
+    class LeNet(nn.Module):  # the lesson's LeNet (seed.md / "3.1 model creation")
+        def __init__(self, classes):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 6, 5)
+            self.conv2 = nn.Conv2d(6, 16, 5)
+            self.fc1 = nn.Linear(16 * 5 * 5, 120)
+            self.fc2 = nn.Linear(120, 84)
+            self.fc3 = nn.Linear(84, classes)
+
+        def forward(self, x):
+            out = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            out = F.max_pool2d(F.relu(self.conv2(out)), 2)
+            out = out.view(out.size(0), -1)
+            out = F.relu(self.fc1(out))
+            out = F.relu(self.fc2(out))
+            return self.fc3(out)
+
+    return LeNet
+
+
+def test_lenet_matches_the_lessons_pytorch_lenet_with_copied_weights():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tnet = _torch_lenet(torch)(classes=2).eval()
+    sd = {k: v.detach().numpy() for k, v in tnet.state_dict().items()}
+    params = {}
+    for name in ("conv1", "conv2"):  # PyTorch (out, in, kh, kw) -> Flax (kh, kw, in, out)
+        params[name] = {"kernel": sd[f"{name}.weight"].transpose(2, 3, 1, 0), "bias": sd[f"{name}.bias"]}
+    for name in ("fc1", "fc2", "fc3"):  # (out, in) -> (in, out); fc1 works because of the NCHW flatten
+        params[name] = {"kernel": sd[f"{name}.weight"].T, "bias": sd[f"{name}.bias"]}
+    x = np.random.default_rng(1).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    want = tnet(torch.from_numpy(x)).detach().numpy()
+    got = models.LeNet().apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_names_and_shapes_are_pytorchs():
+    x = jnp.zeros((1, 32, 32, 3))
+    v = models.LeNetBN().init(jax.random.key(0), x)
+    shapes = jax.tree.map(jnp.shape, v)
+    assert shapes["params"]["conv1"] == {"kernel": (5, 5, 3, 6), "bias": (6,)}
+    assert shapes["params"]["fc1"] == {"kernel": (400, 120), "bias": (120,)}
+    assert shapes["params"]["bn3"] == {"weight": (120,), "bias": (120,)}
+    assert set(shapes["batch_stats"]) == {"bn1", "bn2", "bn3"}
+    assert set(models.LeNet().init(jax.random.key(0), x)["params"]) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+
+
+def test_bad_input_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(N, 32, 32, 3\), got \(2, 3, 32, 32\)"):
+        models.LeNet().init(jax.random.key(0), jnp.zeros((2, 3, 32, 32)))
+
+
+def test_plain_init_is_pytorchs_default_and_init_is_the_lessons():
+    x = jnp.zeros((1, 32, 32, 3))
+    plain = models.make_model("plain").init(jax.random.key(0), x)["params"]
+    lesson = models.make_model("init").init(jax.random.key(0), x)["params"]
+    for name, fan_in in (("conv1", 75), ("conv2", 150), ("fc1", 400), ("fc2", 120), ("fc3", 84)):
+        bound = 1 / math.sqrt(fan_in)
+        k, b = np.asarray(plain[name]["kernel"]), np.asarray(plain[name]["bias"])
+        assert np.abs(k).max() <= bound and np.abs(b).max() <= bound
+        assert abs(k.std() - bound / math.sqrt(3)) < 0.25 * bound / math.sqrt(3)  # U(-a, a) has std a/sqrt 3
+        np.testing.assert_array_equal(np.asarray(lesson[name]["bias"]), 0.0)
+    fc1 = np.asarray(lesson["fc1"]["kernel"])
+    assert abs(fc1.std() - 1.0) < 0.02 and abs(fc1.mean()) < 0.02  # N(0, 1), 48000 draws
+    conv2 = np.asarray(lesson["conv2"]["kernel"])
+    xavier = math.sqrt(2 / (6 * 25 + 16 * 25))
+    assert abs(conv2.std() - xavier) < 0.1 * xavier
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+def test_optax_sgd_with_step_lr_matches_torch_per_epoch():
+    torch = pytest.importorskip("torch")
+    steps_per_epoch, epochs = 3, 23
+    w0 = np.array([1.0, -2.0, 0.5], np.float32)
+    target = np.array([0.3, 0.1, -0.2], np.float32)
+
+    tw = torch.tensor(w0.copy(), requires_grad=True)
+    opt = torch.optim.SGD([tw], lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.1)
+    tx = train.make_optimizer(0.05, steps_per_epoch)
+    w = jnp.asarray(w0)
+    state = tx.init(w)
+    grad = jax.grad(lambda p, t: jnp.sum((p - t) ** 2 * jnp.arange(1.0, 4.0)))
+    for epoch in range(epochs):
+        for i in range(steps_per_epoch):
+            t = target * (1 + 0.1 * i)
+            opt.zero_grad()
+            (((tw - torch.from_numpy(t)) ** 2) * torch.arange(1.0, 4.0)).sum().backward()
+            opt.step()
+            updates, state = tx.update(grad(w, jnp.asarray(t)), state, w)
+            w = w + updates
+        sched.step()
+        np.testing.assert_allclose(np.asarray(w), tw.detach().numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"epoch {epoch}")
+
+
+def test_step_lr_schedule_values():
+    s = train.step_lr(0.01, 38)
+    assert float(s(0)) == pytest.approx(0.01) and float(s(379)) == pytest.approx(0.01)
+    assert float(s(380)) == pytest.approx(0.001) and float(s(760)) == pytest.approx(1e-4)
+
+
+def test_updates_per_epoch_keeps_the_last_partial_batch():
+    assert train.updates_per_epoch(600, 16) == 38
+    assert train.updates_per_epoch(600, 16, n_devices=4) == 38  # last batch 8 splits over 4
+    assert train.updates_per_epoch(600, 16, n_devices=16) == 37  # 8 cannot: dropped
+    assert train.updates_per_epoch(160, 16) == 10
+
+
+# ------------------------------------------------------------------------------------------------ steps
+@pytest.mark.parametrize("config", ["plain", "bn"])
+def test_one_jitted_train_step_decreases_the_loss(config):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(8, 32, 32, 3)).astype(np.float32))
+    y = jnp.asarray(np.arange(8) % 2, dtype=jnp.int32)
+    model = models.make_model(config)
+    tx = train.make_optimizer(0.05, 10)
+    state = train.init_state(model, tx, 0, x[:1])
+    step = jax.jit(train.make_train_step(model, tx, augment=False))
+    losses = []
+    for _ in range(5):
+        state, (loss, correct) = step(state, x, y, jax.random.key(0))
+        losses.append(float(loss))
+        assert 0 <= int(correct) <= 8
+    assert losses[-1] < losses[0] - 1e-3, losses
+    if config == "bn":
+        assert int(state["batch_stats"]["bn1"]["num_batches_tracked"]) == 5
+
+
+def test_train_epoch_is_a_function_of_seed_and_epoch_and_keeps_the_last_batch():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 32, 32, 3)).astype(np.float32)
+    y = (np.arange(20) % 2).astype(np.int32)
+    model = models.make_model("bn")
+    tx = train.make_optimizer(0.01, 2)
+    trainer = train.Trainer(model, tx, 16)
+    s0 = train.init_state(model, tx, 0, x[:1])
+
+    def run(epoch):
+        st = trainer.replicate(jax.tree.map(jnp.copy, s0))
+        return trainer.train_epoch(st, x, y, 7, epoch, (x[:5], y[:5]))
+
+    a, b, c = run(3), run(3), run(4)
+    assert len(a[1].losses) == 2 and a[1].seen == 20  # one batch of 16, one of 4
+    np.testing.assert_array_equal(a[1].losses, b[1].losses)
+    jax.tree.map(np.testing.assert_array_equal, a[0], b[0])
+    assert not np.array_equal(a[1].losses, c[1].losses)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_help_lists_the_designed_flags():
+    proc = _cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--data", "--out", "--config", "--epochs", "--batch-size", "--lr", "--seed", "--checkpoint-dir",
+                 "--resume", "--devices", "--on-nan", "--export-folded", "--inspect"):
+        assert flag in proc.stdout, flag
+
+
+def test_resume_without_checkpoint_dir_is_a_one_line_error(tmp_path):
+    proc = _cli("--resume", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "lenet: error: --resume needs --checkpoint-dir"
+
+
+def test_synthetic_run_writes_metrics_and_curves(tmp_path, capsys):
+    metrics = lenet.main(["--out", str(tmp_path), "--epochs", "2", "--config", "bn"])
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out
+    assert "Training:Epoch[000/002] Iteration[010/010] Loss:" in out and "Valid:   Epoch[001/002]" in out
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(saved) == ["bn"] and [r["epoch"] for r in saved["bn"]] == [0, 1]
+    assert set(saved["bn"][0]) == {"epoch", "train_loss", "train_acc", "valid_loss", "valid_acc"}
+    assert saved == metrics
+    assert saved["bn"][1]["train_loss"] < saved["bn"][0]["train_loss"]  # the striped set is easy for LeNet_bn
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_divergence_is_reported_and_stop_keeps_the_metrics_up_to_there(tmp_path, capsys):
+    # the lesson's initialize_weights (N(0, 1) linear layers) blows up within the first epoch at lr 0.01
+    metrics = lenet.main(["--out", str(tmp_path), "--epochs", "4", "--config", "init", "--on-nan", "stop"])
+    out = capsys.readouterr().out
+    assert "training loss became nan at epoch 0 iteration" in out and "stopping (--on-nan stop)" in out
+    assert len(metrics["init"]) == 1 and math.isnan(metrics["init"][0]["train_loss"])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["init"][0]["train_loss"] is None  # strict JSON: NaN is written as null
+    assert "yes (epoch 0, iteration" in out
+
+
+def test_divergence_continue_trains_every_epoch(tmp_path):
+    metrics = lenet.main(["--out", str(tmp_path), "--epochs", "2", "--config", "init"])
+    assert [r["epoch"] for r in metrics["init"]] == [0, 1]
+    assert all(math.isnan(r["train_loss"]) for r in metrics["init"])
+
+
+@pytest.mark.slow
+def test_all_configs_on_a_folder_with_export_and_inspect(tmp_path, capsys):
+    data = _tiny_folder(tmp_path / "data", n_train=10, n_valid=3)  # 20 train: a batch of 16 and one of 4
+    folded = tmp_path / "folded.msgpack"
+    metrics = lenet.main(["--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "2",
+                          "--export-folded", str(folded), "--inspect"])
+    out = capsys.readouterr().out
+    assert list(metrics) == ["plain", "init", "bn"]
+    assert "Iteration[002/002]" in out  # 16 + 4
+    assert "first non-finite output" in out or "all outputs finite" in out  # the --inspect tables
+    assert "fc1" in out and "bn3" in out
+    # the exported, folded LeNet gives LeNet_bn's eval-mode logits
+    from flax import serialization
+
+    params = serialization.msgpack_restore(folded.read_bytes())["params"]
+    assert set(params) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+    line = next(line for line in out.splitlines() if "max |logit difference|" in line)
+    assert float(line.rsplit(":", 1)[1]) < 1e-4
+    extras = json.loads((tmp_path / "out" / "bn_extras.json").read_text())
+    assert extras["folded_max_logit_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_metrics_and_skips_a_corrupt_checkpoint(tmp_path):
+    data = _tiny_folder(tmp_path / "data", n_train=10, n_valid=3)
+    common = ["--data", str(data), "--config", "bn", "--epochs", "40"]
+
+    reference = _cli(*common, "--out", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    want = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+
+    ckdir = tmp_path / "ck"
+    args = [sys.executable, "-m", "experiments.lenet", *common, "--out", str(tmp_path / "killed"),
+            "--checkpoint-dir", str(ckdir)]
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    second = ckdir / "bn" / "epoch_0001.ckpt"  # two checkpoints: one to damage, one to fall back to
+    deadline = time.monotonic() + 300
+    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    saved = sorted(p.name for p in (ckdir / "bn").glob("epoch_*.ckpt"))
+    assert len(saved) >= 2 and "epoch_0039.ckpt" not in saved, saved
+
+    newest = ckdir / "bn" / saved[-1]
+    newest.write_bytes(newest.read_bytes()[:-10])  # damage the newest checkpoint: resume must skip it
+    resumed = _cli(*common, "--out", str(tmp_path / "resumed"), "--checkpoint-dir", str(ckdir), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"lenet: warning: skipping checkpoint {newest}" in resumed.stderr
+    assert "resumed from" in resumed.stdout
+    got = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert got == want  # bit-for-bit: every epoch's order and crops come from (seed, epoch) only
