@@ -35,23 +35,12 @@ torch = pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from test_parity_golden import RTOL, rel_err  # noqa: E402  (one metric for both parity suites)
 
 import jaxnorm as jn  # noqa: E402
 
-RTOL = 3e-5
-FLOOR = 0.3
 # (family, reference) -> (worst rel_err, where); reference is "torch-f32" (asserted) or "torch-f64" (recorded)
 WORST: dict[tuple[str, str], tuple[float, str]] = defaultdict(lambda: (0.0, ""))
-
-
-def rel_err(got, exp) -> tuple[float, tuple[int, ...]]:
-    got, exp = np.asarray(got, np.float64), np.asarray(exp, np.float64)
-    if exp.size == 0:
-        return 0.0, ()
-    floor = max(FLOOR * float(np.max(np.abs(exp))), 1e-30)
-    err = np.abs(got - exp) / np.maximum(np.abs(exp), floor)
-    idx = np.unravel_index(int(np.argmax(err)), err.shape)
-    return float(err[idx]), tuple(int(i) for i in idx)
 
 
 # ------------------------------------------------------------------------------------------- random configs
