@@ -153,9 +153,10 @@ def _normalize_local(
         \frac{\partial L}{\partial \gamma} = \textstyle\sum_P g\hat x,\quad
         \frac{\partial L}{\partial \beta} = \sum_P g
 
-    where ``P`` are the axes the parameters broadcast over. When ``P`` is the reduced set (BatchNorm), ``γ`` is
-    constant on each group and the two parameter sums *are* the two sums ``dx`` needs, so the backward reads
-    ``x`` and ``g`` in three passes in all.
+    where ``P`` are the axes the parameters broadcast over. Where ``P`` and the reduced axes share axes (BatchNorm:
+    all of them; InstanceNorm and GroupNorm: the spatial ones), ``Σ g`` and ``Σ g·x̂`` over those axes are the only
+    full-size reductions and every other sum is taken on their small results, so the backward reads ``x`` and
+    ``g`` in three passes in all. LayerNorm, whose parameters vary along the reduced axes, needs four sums.
     """
     outputs, _ = _normalize_fwd(x, weight, bias, reduce_axes, eps)
     return outputs
@@ -180,45 +181,79 @@ def _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name=None):
     return (y, mean_hi, var), (x, weight, bias, mean_hi, mean_lo, inv_std, n)
 
 
+def _unwrap(primal):
+    return None if primal is None else primal.value
+
+
+def _normalize_fwd_rule(x, weight, bias, reduce_axes, eps):
+    # symbolic_zeros=True: primals arrive as CustomVJPPrimal(value, perturbed).
+    return _normalize_fwd(_unwrap(x), _unwrap(weight), _unwrap(bias), reduce_axes, eps)
+
+
 def _param_axes(x, param) -> Axes:
     return tuple(a for a in range(x.ndim) if param.shape[a] == 1 and x.shape[a] != 1)
+
+
+def _is_zero(cotangent) -> bool:
+    return isinstance(cotangent, jax.custom_derivatives.SymbolicZero)
 
 
 def _normalize_bwd(reduce_axes, eps, residuals, cotangents):
     x, weight, bias, mean_hi, mean_lo, inv_std, n = residuals
     g, g_mean, g_var = cotangents
+    if _is_zero(g):
+        g = jnp.zeros_like(x)
     param = weight if weight is not None else bias
     param_axes = _param_axes(x, param) if param is not None else reduce_axes
-    # BatchNorm: the parameters are constant on each statistics group, so one pair of sums serves both.
-    shared = set(param_axes) == {a for a in reduce_axes if x.shape[a] != 1}
+    # "Fine" axes are reduced both for the statistics and for the parameter gradients. Two full-size sums over them
+    # (Σ g and Σ g·x̂) serve every other sum, which then runs on small arrays: BatchNorm (fine = all reduced axes),
+    # InstanceNorm (spatial), GroupNorm (spatial: per-(n, c) sums, then per group / per channel).
+    fine = tuple(a for a in reduce_axes if a in param_axes)
 
-    def x_hat_expr(tag):  # recomputed inside each fused pass (never materialized; see _distinct)
-        hi, lo, i = _distinct((mean_hi, mean_lo, inv_std), tag)
-        return ((x - hi) + lo) * i
+    # Every full-size expression below is recomputed inside the fused pass that needs it, from small per-group
+    # operands behind their own barrier (see _distinct), so that no x̂, x − μ or g·γ is ever written out.
+    def small(tag):
+        return _distinct((mean_hi, mean_lo, inv_std, weight), tag)
 
-    g_hat = g if weight is None else g * weight.astype(g.dtype)
-    if shared:
-        sum_g = jnp.sum(g, axis=reduce_axes, keepdims=True)
-        sum_gx = jnp.sum(g * x_hat_expr(1), axis=reduce_axes, keepdims=True)
-        sums = jnp.stack([sum_g, sum_gx])
-        if weight is not None:
-            sums = sums * weight.astype(g.dtype)
-        param_sums = (sum_gx, sum_g)
-    else:
-        sums = jnp.stack([jnp.sum(g_hat, axis=reduce_axes, keepdims=True),
-                          jnp.sum(g_hat * x_hat_expr(1), axis=reduce_axes, keepdims=True)])
-        param_sums = (jnp.sum(g * x_hat_expr(2), axis=param_axes, keepdims=True) if weight is not None else None,
+    def g_hat(w):
+        return g if w is None else g * w.astype(g.dtype)
+
+    def sum_g_centered(gg, hi, axes):  # Σ gg·(x − hi): one broadcast operand fewer than Σ gg·x̂
+        return jnp.sum(gg * (x - hi), axis=axes, keepdims=True)
+
+    if fine:
+        hi, lo, i, _ = small(1)
+        sum_g = jnp.sum(g, axis=fine, keepdims=True)
+        sum_gx = i * (sum_g_centered(g, hi, fine) + lo * sum_g)  # Σ_fine g·x̂ (i, lo are constant on fine axes)
+        rest = tuple(a for a in reduce_axes if a not in fine)
+        w = 1.0 if weight is None else weight.astype(g.dtype)
+        sums = jnp.stack([jnp.sum(w * sum_g, axis=rest, keepdims=True), jnp.sum(w * sum_gx, axis=rest, keepdims=True)])
+        param_rest = tuple(a for a in param_axes if a not in fine)
+        param_sums = (jnp.sum(sum_gx, axis=param_rest, keepdims=True), jnp.sum(sum_g, axis=param_rest, keepdims=True))
+    else:  # LayerNorm: parameters vary along the reduced axes; four full-size sums
+        hi, lo, i, w = small(1)
+        sum_gh = jnp.sum(g_hat(w), axis=reduce_axes, keepdims=True)
+        hi, lo, i, w = small(4)
+        sum_ghx = i * (sum_g_centered(g_hat(w), hi, reduce_axes) + lo * sum_gh)
+        sums = jnp.stack([sum_gh, sum_ghx])
+        hi, lo, i, _ = small(2)
+        param_sums = (jnp.sum(g * (((x - hi) + lo) * i), axis=param_axes, keepdims=True) if weight is not None
+                      else None,
                       jnp.sum(g, axis=param_axes, keepdims=True) if bias is not None else None)
     g_bar, gx_bar = sums[0] / n, sums[1] / n
-    hi, lo, i = _distinct((mean_hi, mean_lo, inv_std), 3)
+    hi, lo, i, w = small(3)
     centered = (x - hi) + lo
-    dx = i * (g_hat - g_bar - centered * i * gx_bar) + (g_mean + 2.0 * g_var * centered) / n
+    dx = i * (g_hat(w) - g_bar - centered * i * gx_bar)
+    if not _is_zero(g_mean):  # only when someone differentiates through the batch statistics themselves
+        dx = dx + g_mean / n
+    if not _is_zero(g_var):
+        dx = dx + 2.0 * g_var * centered / n
     d_weight = None if weight is None else param_sums[0].reshape(weight.shape).astype(weight.dtype)
     d_bias = None if bias is None else param_sums[1].reshape(bias.shape).astype(bias.dtype)
     return dx, d_weight, d_bias
 
 
-_normalize_local.defvjp(_normalize_fwd, _normalize_bwd)
+_normalize_local.defvjp(_normalize_fwd_rule, _normalize_bwd, symbolic_zeros=True)
 
 
 def normalize_with(x: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:
