@@ -269,12 +269,7 @@ def broadcast_params(params: dict, shape: Sequence[int]) -> tuple[jax.Array | No
 
 def affine(x_hat: jax.Array, params: dict, shape: Sequence[int]) -> jax.Array:
     """``x̂ · weight + bias`` with the parameters reshaped to the broadcast ``shape``; missing keys are skipped."""
-    y = x_hat
-    if "weight" in params:
-        y = y * jnp.reshape(params["weight"], shape).astype(y.dtype)
-    if "bias" in params:
-        y = y + jnp.reshape(params["bias"], shape).astype(y.dtype)
-    return y
+    return _apply_affine(x_hat, *broadcast_params(params, shape))
 
 
 def update_running_stats(
