@@ -3,8 +3,8 @@
 A normalization layer is a *spec of axes*: which axes of ``x`` are reduced to form the statistics (``reduce_axes``)
 and along which axis the affine parameters live. Everything numerical happens here:
 
-* :func:`shifted_moments` / :func:`moments` — mean and *biased* variance, stable (shifted one-pass), accumulated in at least float32,
-  optionally combined across a named mapped axis (synchronized statistics).
+* :func:`shifted_moments` / :func:`moments` — mean and *biased* variance, stable (shifted one-pass), accumulated in
+  at least float32, optionally combined across a named mapped axis (synchronized statistics).
 * :func:`normalize` — ``y = (x − μ) / √(σ² + ε) · γ + β`` from batch statistics, with a closed-form ``custom_vjp``.
 * :func:`normalize_with` — ``x̂`` from given (running) statistics; :func:`affine` — ``x̂ · γ + β``.
 * :func:`mean_square` — ``E[x²]`` for RMSNorm.

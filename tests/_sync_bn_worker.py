@@ -202,6 +202,18 @@ def _random_params(key, c):
     return {"weight": jax.random.uniform(k1, (c,), minval=0.5, maxval=1.5), "bias": jax.random.normal(k2, (c,))}
 
 
+def _compare_step(step, y_m, y_f, s_mode, s_full, spread) -> dict:
+    """One training step of a mapped mode against the single-device run on the full batch."""
+    return {
+        f"step{step}_y": rel_err(y_m, y_f),
+        f"step{step}_running_mean": rel_err(s_mode["running_mean"], s_full["running_mean"]),
+        f"step{step}_running_var": rel_err(s_mode["running_var"], s_full["running_var"]),
+        f"step{step}_replica_spread": float(spread),
+        f"step{step}_nbt": int(s_mode["num_batches_tracked"]),
+        f"step{step}_nbt_full": int(s_full["num_batches_tracked"]),
+    }
+
+
 def case_bn_train(mode, mesh, *, shape, axis, momentum, seed=0):
     """Two BN training steps (stats chained) then an eval step: mode vs full batch vs float64."""
     keys = jax.random.split(jax.random.key(seed), 5)
@@ -220,12 +232,7 @@ def case_bn_train(mode, mesh, *, shape, axis, momentum, seed=0):
         y_r, ref_rm, ref_rv, ref_nbt, *_ = np_bn_train(
             x, params["weight"], params["bias"], ref_rm, ref_rv, ref_nbt, momentum, axis, np.zeros(shape)
         )
-        out[f"step{step}_y"] = rel_err(y_m, y_f)
-        out[f"step{step}_running_mean"] = rel_err(s_mode["running_mean"], s_full["running_mean"])
-        out[f"step{step}_running_var"] = rel_err(s_mode["running_var"], s_full["running_var"])
-        out[f"step{step}_replica_spread"] = float(spread)
-        out[f"step{step}_nbt"] = int(s_mode["num_batches_tracked"])
-        out[f"step{step}_nbt_full"] = int(s_full["num_batches_tracked"])
+        out.update(_compare_step(step, y_m, y_f, s_mode, s_full, spread))
         out[f"step{step}_nbt_dtype"] = str(jnp.asarray(s_mode["num_batches_tracked"]).dtype)
         # The single-device result against the float64 golden (guards "both equally wrong").
         out[f"step{step}_full_vs_f64_y"] = rel_err(y_f, y_r)
@@ -299,12 +306,7 @@ def case_instance(mode, mesh, seed=2):
         x = make_x(keys[step], shape, axis)
         y_m, s_mode, spread = run(x, params, s_mode)
         y_f, s_full, _ = full(x, params, s_full)
-        out[f"step{step}_y"] = rel_err(y_m, y_f)
-        out[f"step{step}_running_mean"] = rel_err(s_mode["running_mean"], s_full["running_mean"])
-        out[f"step{step}_running_var"] = rel_err(s_mode["running_var"], s_full["running_var"])
-        out[f"step{step}_replica_spread"] = float(spread)
-        out[f"step{step}_nbt"] = int(s_mode["num_batches_tracked"])
-        out[f"step{step}_nbt_full"] = int(s_full["num_batches_tracked"])
+        out.update(_compare_step(step, y_m, y_f, s_mode, s_full, spread))
     return out
 
 
