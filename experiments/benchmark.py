@@ -223,12 +223,14 @@ def build_flax(case: Case, x: np.ndarray, dy: np.ndarray) -> Impl:
     return _jax_impl(apply, xj, dyj, params, state, to_case_layout)
 
 
-def build_torch(case: Case, x: np.ndarray, dy: np.ndarray) -> Impl:
-    """torch.nn.functional ops; BN updates running buffers in place, as nn.BatchNorm2d does."""
+def build_torch(case: Case, x: np.ndarray, dy: np.ndarray, device: str = "cpu") -> Impl:
+    """torch.nn.functional ops on ``device``; BN updates running buffers in place, as nn.BatchNorm2d does."""
     import torch
     import torch.nn.functional as F
 
-    xt, dyt = torch.from_numpy(x.copy()), torch.from_numpy(dy.copy())
+    xt, dyt = torch.from_numpy(x.copy()).to(device), torch.from_numpy(dy.copy()).to(device)
+    # CUDA kernels run asynchronously: a timed call must wait for them, as block_until_ready does for JAX.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     to_case_layout = lambda a: a  # noqa: E731
     if case.layout == "NHWC":
         # A permuted view of NHWC memory *is* torch's channels_last NCHW tensor: no copy.
@@ -236,9 +238,9 @@ def build_torch(case: Case, x: np.ndarray, dy: np.ndarray) -> Impl:
         assert xt.is_contiguous(memory_format=torch.channels_last)
         to_case_layout = lambda a: a.transpose(0, 2, 3, 1)  # noqa: E731
     c = xt.shape[1] if case.op != "layer_norm" else xt.shape[-1]
-    weight = torch.ones(c, requires_grad=True)
-    bias = torch.zeros(c, requires_grad=True)
-    running_mean, running_var = torch.zeros(c), torch.ones(c)
+    weight = torch.ones(c, requires_grad=True, device=device)
+    bias = torch.zeros(c, requires_grad=True, device=device)
+    running_mean, running_var = torch.zeros(c, device=device), torch.ones(c, device=device)
 
     def op(inp):
         if case.op == "batch_norm_2d":
@@ -250,7 +252,9 @@ def build_torch(case: Case, x: np.ndarray, dy: np.ndarray) -> Impl:
 
     def fwd():
         with torch.no_grad():
-            return op(xt)
+            y = op(xt)
+        sync()
+        return y
 
     xg = xt.detach().requires_grad_(True)
 
@@ -259,11 +263,12 @@ def build_torch(case: Case, x: np.ndarray, dy: np.ndarray) -> Impl:
         xg.grad = weight.grad = bias.grad = None
         y = op(xg)
         y.backward(dyt)
+        sync()
         return y
 
     def result():
         y = fwdbwd()
-        return to_case_layout(y.detach().numpy()), to_case_layout(xg.grad.numpy())
+        return to_case_layout(y.detach().cpu().numpy()), to_case_layout(xg.grad.cpu().numpy())
 
     return Impl(fwd=fwd, fwdbwd=fwdbwd, result=result)
 
@@ -414,13 +419,15 @@ def _max_abs_diff(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndar
 
 
 def run_case(case: Case, shape: tuple[int, ...], impls: tuple[str, ...], rounds: int,
-             warmup: int, seed: int = 0, hlo_dir: Path | None = None, inner: int = 5) -> list[dict]:
+             warmup: int, seed: int = 0, hlo_dir: Path | None = None, inner: int = 5,
+             torch_device: str = "cpu") -> list[dict]:
     """Time one case (both passes) and return its table rows (``hlo_dir``: dump compiled HLO there)."""
     rng = np.random.default_rng(seed)
     # Non-zero mean and non-unit scale, so a normalization that skipped a step would show up.
     x = (rng.standard_normal(shape, dtype=np.float32) * 2.0 + 0.5).astype(np.float32)
     dy = rng.standard_normal(shape, dtype=np.float32)
-    builders = {"jaxnorm": build_jaxnorm, "flax": build_flax, "torch": build_torch}
+    builders = {"jaxnorm": build_jaxnorm, "flax": build_flax,
+                "torch": lambda *a: build_torch(*a, device=torch_device)}
     built = {name: builders[name](case, x, dy) for name in impls}
 
     ref = built["jaxnorm"].result()
@@ -441,6 +448,7 @@ def run_case(case: Case, shape: tuple[int, ...], impls: tuple[str, ...], rounds:
         row = {"op": case.op, "case": case.name, "shape": list(shape), "layout": case.layout,
                "flax_layout": case.flax_layout or case.layout,
                "pass": pass_, "dtype": str(x.dtype), "bytes": nbytes, "rounds": rounds, "inner": inner,
+               "torch_device": torch_device if "torch" in built else None,
                "note": case.note}
         for name in IMPLS:
             ms = med.get(name)
@@ -459,7 +467,11 @@ def run_case(case: Case, shape: tuple[int, ...], impls: tuple[str, ...], rounds:
         for name in ("jaxnorm", "flax"):
             text = built[name].hlo(pass_)
             # Traffic of the compiled program in units of x's bytes (the byte model says 3 / 8).
-            row[f"{name}_hlo_traffic"] = hlo_traffic(text) / (math.prod(shape) * x.itemsize)
+            try:
+                row[f"{name}_hlo_traffic"] = hlo_traffic(text) / (math.prod(shape) * x.itemsize)
+            except (ValueError, KeyError, IndexError) as err:  # e.g. another backend's HLO dialect
+                print(f"warning: {case.name}: HLO traffic not counted ({err})", file=sys.stderr)
+                row[f"{name}_hlo_traffic"] = None
             if hlo_dir is not None:
                 hlo_dir.mkdir(parents=True, exist_ok=True)
                 (hlo_dir / f"{case.name}_{pass_.replace('+', '')}_{name}.hlo.txt").write_text(text)
@@ -524,7 +536,24 @@ def environment() -> dict:
 
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            env["torch_cuda_device"] = torch.cuda.get_device_name(0)
+    import jax as _jax
+
+    env["jax_devices"] = [str(d.device_kind) for d in _jax.devices()]
     return env
+
+
+def resolve_torch_device(requested: str | None) -> str:
+    """``requested`` as given, or the device matching JAX's backend: PyTorch on the GPU when JAX is on one."""
+    if requested is not None:
+        if requested not in ("cpu", "cuda"):
+            raise ValueError(f"--torch-device: expected 'cpu' or 'cuda', got {requested!r}")
+        return requested
+    import jax
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -553,7 +582,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hlo", type=Path, default=None,
                    help="folder to write the compiled (optimized) HLO of the JAX implementations to")
     p.add_argument("--seed", type=int, default=0, help="seed of the random x and cotangent")
+    p.add_argument("--scale", type=int, default=1,
+                   help="multiply every case's batch (first) dimension by K, e.g. 16 to fill a GPU (default 1)")
+    p.add_argument("--torch-device", default=None,
+                   help="device for PyTorch: cpu or cuda (default: cuda when JAX runs on a GPU and torch sees "
+                        "one, else cpu)")
     args = p.parse_args(argv)
+    if args.scale < 1:
+        p.error(f"--scale must be >= 1, got {args.scale}")
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     bad = [o for o in ops if o not in CASES]
     if bad or not ops:
@@ -575,6 +611,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     impls = ("jaxnorm", "flax") + (("torch",) if torch_available() and not args.no_torch else ())
     load_start = round(os.getloadavg()[0], 2)
+    torch_device = resolve_torch_device(args.torch_device) if "torch" in impls else "cpu"
     if args.torch_threads is not None and "torch" in impls:
         import torch
 
@@ -584,12 +621,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      disable=len(args.ops) < 2):
         case = CASES[name]
         shape = case.quick_shape if args.quick else case.shape
-        rows.extend(run_case(case, shape, impls, args.rounds, args.warmup, args.seed, args.hlo, args.inner))
+        shape = (shape[0] * args.scale,) + tuple(shape[1:])
+        rows.extend(run_case(case, shape, impls, args.rounds, args.warmup, args.seed, args.hlo, args.inner,
+                             torch_device))
 
     env = environment()
     env["loadavg_1min_start"] = load_start
     table = format_table(rows)
-    header = (f"{env['cpu_count']}-core {env['machine']} ({env['jax_backend']}); jax {env['jax']}, "
+    header = (f"{env['cpu_count']}-core {env['machine']} ({env['jax_backend']}: "
+              f"{', '.join(sorted(set(env['jax_devices'])))}; torch on {torch_device}); jax {env['jax']}, "
               f"flax {env['flax']}, torch {env.get('torch', 'not installed')}; 1-min load "
               f"{env['loadavg_1min_start']} -> {env['loadavg_1min_end']}; "
               f"{args.rounds} interleaved rounds x {args.inner} calls, medians; ratio < 1: jaxnorm faster")
