@@ -3,7 +3,7 @@
 A normalization layer is a *spec of axes*: which axes of ``x`` are reduced to form the statistics (``reduce_axes``)
 and along which axis the affine parameters live. Everything numerical happens here:
 
-* :func:`shifted_moments` / :func:`moments` — mean and *biased* variance, stable (shifted one-pass), accumulated in
+* :func:`stable_moments` / :func:`moments` — mean and *biased* variance, stable (shifted one-pass), accumulated in
   at least float32, optionally combined across a named mapped axis (synchronized statistics).
 * :func:`normalize` — ``y = (x − μ) / √(σ² + ε) · γ + β`` from batch statistics, with a closed-form ``custom_vjp``.
 * :func:`normalize_with` — ``x̂`` from given (running) statistics; :func:`affine` — ``x̂ · γ + β``.
@@ -47,7 +47,10 @@ def _distinct(tree, tag: int):
     extra write and read of ``x``'s size — the dominant cost of a memory-bound normalization. Each use site passes
     its own ``tag`` (a dummy operand of that size) so that XLA cannot merge the barriers themselves either.
     """
-    return lax.optimization_barrier((tree, jnp.zeros((tag,), jnp.int8)))[0]
+    values, token = lax.optimization_barrier((tree, jnp.zeros((tag,), jnp.int8)))
+    # XLA drops barrier operands whose results are unused, after which equal barriers are merged again: make every
+    # value depend on the token (a float ``0 * t`` is not folded: it would be NaN for an infinite ``t``).
+    return jax.tree.map(lambda v: v + 0 * token[0].astype(v.dtype), values)
 
 
 def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
@@ -55,57 +58,104 @@ def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
     return math.prod(shape[a] for a in reduce_axes)
 
 
-def shifted_moments(
+# The plain one-pass variance E[x²] − E[x]² is used only where it is as accurate as the shifted one: with float32
+# sums of relative error γ its error is ≲ γ (σ² + 3μ²), i.e. (1 + 3K)γ relative to σ² when μ² ≤ K σ². The shifted
+# formula's error is the same expression with μ replaced by μ − s, and |μ − s| (one sample from the mean) is ≲ 2σ,
+# so K = 4 keeps the plain formula within the shifted formula's typical bound.
+_PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR = 4.0
+
+
+def _plain_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax.Array, jax.Array]:
+    """``(E[x], E[x²] − E[x]²)``: both sums of one pass over ``x`` with no broadcast operand (the fastest form)."""
+    mean = jnp.sum(x, axis=reduce_axes, keepdims=True) / n
+    var = jnp.sum(jnp.square(x), axis=reduce_axes, keepdims=True) / n - mean * mean
+    return mean, var
+
+
+def _fast_two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``a + b`` as an unevaluated sum ``hi + lo`` with ``hi = fl(a + b)`` (exact when ``|a| ≥ |b|``, Dekker)."""
+    hi = a + b
+    return hi, (a - hi) + b
+
+
+def _shifted_local_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(mean_hi, mean_lo, var)``: the shifted one-pass moments (always stable), the mean as ``hi + lo``."""
+    shift = _shift(x, reduce_axes)
+    delta = jnp.sum(x - shift, axis=reduce_axes, keepdims=True) / n
+    # A distinct (barriered) copy of the shift keeps XLA from CSE-ing ``x − s`` into one materialized tensor that both
+    # sums then read: each sum fuses its own subtraction and reads ``x`` directly.
+    mean_d2 = jnp.sum(jnp.square(x - _distinct(shift, 1)), axis=reduce_axes, keepdims=True) / n
+    # |shift| ≥ |delta| up to a few standard deviations, so hi + lo is the mean to float32 rounding of ``delta``.
+    return *_fast_two_sum(shift, delta), mean_d2 - delta * delta
+
+
+def _plain_or_shifted_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The plain moments when every group is well conditioned (``μ² ≤ 4σ²``), else the shifted ones.
+
+    Why: on XLA:CPU a reduction whose operand subtracts a broadcast shift runs ~1.8× slower than a plain ``Σx``,
+    ``Σx²`` pass, and typical activations (centred, or post-ReLU with ``μ²/σ² ≈ 0.5``) are well conditioned. An
+    ill-conditioned batch (large offsets, constant or non-finite groups) pays one extra statistics pass.
+    """
+    mean, var = _plain_moments(x, reduce_axes, n)
+    well_conditioned = jnp.all(mean * mean <= _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR * var)
+    return lax.cond(well_conditioned, lambda: (mean, jnp.zeros_like(mean), var),
+                    lambda: _shifted_local_moments(x, reduce_axes, n))
+
+
+def stable_moments(
     x: jax.Array, reduce_axes: Axes, *, axis_name: str | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    r"""Stable moments of ``x`` over ``reduce_axes`` as ``(shift, delta, var, count)`` with ``mean = shift + delta``.
+    r"""Stable moments of ``x`` over ``reduce_axes`` as ``(mean_hi, mean_lo, var, count)``, ``mean = hi + lo``.
 
     .. math::
         s = x_{\text{first}},\quad d = x - s,\quad
         \delta = \tfrac{1}{n}\textstyle\sum d,\quad
-        \sigma^2 = \max\!\big(0,\ \tfrac{1}{n}\sum d^2 - \delta^2\big)
+        \sigma^2 = \max\!\big(0,\ \tfrac{1}{n}\sum d^2 - \delta^2\big),\quad
+        \mu = s + \delta = \mu_{hi} + \mu_{lo}
 
-    Both sums are taken in one pass over ``x`` in at least float32 (kept dims). The mean is returned split as
-    ``shift + delta`` because rounding ``μ`` itself costs up to half an ulp of ``|μ|`` — at offset 1e5 that is 4e-3,
-    40 % of a 1e-2 standard deviation — whereas ``(x − s) − δ`` is exact to float32 rounding of the deviation.
+    Both sums are taken in one pass over ``x`` in at least float32 (kept dims). The mean is returned as an
+    unevaluated sum ``hi + lo`` because rounding ``μ`` itself costs up to half an ulp of ``|μ|`` — at offset 1e5 that
+    is 4e-3, 40 % of a 1e-2 standard deviation — whereas ``(x − hi) − lo`` is exact to float32 rounding of the
+    deviation (``x − hi`` is exact for ``x`` near the mean, Sterbenz).
 
-    With ``axis_name`` the per-device ``(sᵢ, δᵢ, σᵢ²)`` are gathered in **one** collective and combined with Chan's
-    parallel formula ``σ² = mean σᵢ² + mean (μᵢ − μ)²`` (computed relative to device 0's shift) — exact and as
+    On the CPU the plain sums ``Σx``, ``Σx²`` (``s = 0``, ``lo = 0``) are taken first and kept when every group has
+    ``μ² ≤ 4σ²``, where they are as accurate as the shifted ones and faster there (:func:`_plain_or_shifted_moments`);
+    other platforms fuse the shift for free and always use it.
+
+    With ``axis_name`` the per-device ``(hiᵢ, loᵢ, σᵢ²)`` are gathered in **one** collective and combined with Chan's
+    parallel formula ``σ² = mean σᵢ² + mean (μᵢ − μ)²`` (computed relative to device 0's ``hi``) — exact and as
     stable as the local statistics; a ``psum`` of ``Σx`` and ``Σx²`` would reintroduce the cancellation the shift
     removed. SPMD devices see equal local shapes, so every device contributes the same count ``n``.
     ``count`` is the global number of elements per group (a float scalar).
     """
     x = x.astype(compute_dtype(x.dtype))
     n = group_size(x.shape, reduce_axes)
-    shift = _shift(x, reduce_axes)
-    delta = jnp.sum(x - shift, axis=reduce_axes, keepdims=True) / n
-    # A distinct (barriered) copy of the shift keeps XLA from CSE-ing ``x − s`` into one materialized tensor that both
-    # sums then read: each sum fuses its own subtraction and reads ``x`` directly.
-    mean_d2 = jnp.sum(jnp.square(x - _distinct(shift, 1)), axis=reduce_axes, keepdims=True) / n
-    var = jnp.maximum(mean_d2 - delta * delta, 0.0)
+    hi, lo, var = lax.platform_dependent(x, cpu=partial(_plain_or_shifted_moments, reduce_axes=reduce_axes, n=n),
+                                         default=partial(_shifted_local_moments, reduce_axes=reduce_axes, n=n))
+    var = jnp.maximum(var, 0.0)
     if axis_name is None:
-        return shift, delta, var, jnp.asarray(n, x.dtype)
+        return hi, lo, var, jnp.asarray(n, x.dtype)
     # All-gather as ONE psum of rows placed by device index: a psum's result is replicated (the same value and, under
     # shard_map, the same "invariant" type on every device), which an all_gather's is not.
     devices = lax.axis_size(axis_name)
-    local = jnp.stack([shift, delta, var])
+    local = jnp.stack([hi, lo, var])
     one_hot = (jnp.arange(devices) == lax.axis_index(axis_name)).reshape((devices,) + (1,) * local.ndim)
     gathered = lax.psum(jnp.where(one_hot, local[None], 0.0), axis_name)  # (devices, 3, ...)
-    # Every device combines relative to device 0's shift, so all replicas get bit-identical statistics;
-    # (s_j − s_0) is exact for nearby shifts (Sterbenz).
+    # Every device combines relative to device 0's mean, so all replicas get bit-identical statistics;
+    # (hi_j − hi_0) is exact for nearby means (Sterbenz).
     shift = lax.stop_gradient(gathered[0, 0])
     means = (gathered[:, 0] - shift) + gathered[:, 1]
     delta = jnp.mean(means, axis=0)
     var = jnp.mean(gathered[:, 2], axis=0) + jnp.mean(jnp.square(means - delta), axis=0)
-    return shift, delta, var, jnp.asarray(n * devices, x.dtype)
+    return *_fast_two_sum(shift, delta), var, jnp.asarray(n * devices, x.dtype)
 
 
 def moments(
     x: jax.Array, reduce_axes: Axes, *, axis_name: str | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mean and biased variance over ``reduce_axes`` (kept dims) and the global count; see :func:`shifted_moments`."""
-    shift, delta, var, n = shifted_moments(x, reduce_axes, axis_name=axis_name)
-    return shift + delta, var, n
+    """Mean and biased variance over ``reduce_axes`` (kept dims) and the global count; see :func:`stable_moments`."""
+    hi, lo, var, n = stable_moments(x, reduce_axes, axis_name=axis_name)
+    return hi + lo, var, n
 
 
 def mean_square(x: jax.Array, reduce_axes: Axes) -> jax.Array:
@@ -169,15 +219,12 @@ def _apply_affine(x_hat, weight, bias):
 
 def _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name=None):
     x = x.astype(compute_dtype(x.dtype))
-    shift, delta, var, n = shifted_moments(x, reduce_axes, axis_name=axis_name)
+    mean_hi, mean_lo, var, n = stable_moments(x, reduce_axes, axis_name=axis_name)
     inv_std = lax.rsqrt(var + eps)
-    s, d, i = _distinct((shift, delta, inv_std), 2)
-    y = _apply_affine(((x - s) - d) * i, weight, bias)
-    # The mean as an unevaluated sum hi + lo (Fast2Sum: |shift| ≥ |delta| up to a few std): x − hi is exact for x
-    # near the mean (Sterbenz), so (x − hi) + lo keeps the shifted precision without carrying a slice of x into the
-    # backward, where XLA would re-slice x inside every fused pass and lose the fast reduction fusion.
-    mean_hi = shift + delta
-    mean_lo = (shift - mean_hi) + delta
+    hi, lo, i = _distinct((mean_hi, mean_lo, inv_std), 2)
+    y = _apply_affine(((x - hi) - lo) * i, weight, bias)
+    # The mean travels to the backward as hi + lo, not as a slice of x, which XLA would re-slice inside every fused
+    # pass there (losing the fast reduction fusion).
     return (y, mean_hi, var), (x, weight, bias, mean_hi, mean_lo, inv_std, n)
 
 

@@ -91,3 +91,31 @@ def test_quick_run_writes_well_formed_rows(tmp_path):
             assert r[f"max_abs_diff_{other}"] < 1e-4
         if not has_torch:
             assert r["torch_ms"] is None and r["jaxnorm_vs_torch"] is None
+
+
+def test_hlo_traffic_charges_a_conditional_its_cheapest_branch():
+    text = """HloModule m
+%cheap (p: (f32[8,4])) -> f32[4] {
+  %p = (f32[8,4]{1,0}) parameter(0)
+  %x = f32[8,4]{1,0} get-tuple-element(%p), index=0
+  %c = f32[] constant(0)
+  ROOT %r = f32[4]{0} reduce(%x, %c), dimensions={0}, to_apply=%add
+}
+
+%dear (p: (f32[8,4])) -> f32[4] {
+  %p = (f32[8,4]{1,0}) parameter(0)
+  %x = f32[8,4]{1,0} get-tuple-element(%p), index=0
+  %n = f32[8,4]{1,0} negate(%x)
+  %c = f32[] constant(0)
+  ROOT %r = f32[4]{0} reduce(%n, %c), dimensions={0}, to_apply=%add
+}
+
+ENTRY %main (x: f32[8,4], i: s32[]) -> f32[4] {
+  %x = f32[8,4]{1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %t = (f32[8,4]{1,0}) tuple(%x)
+  ROOT %k = f32[4]{0} conditional(%i, %t, %t), branch_computations={%dear, %cheap}
+}
+"""
+    reduce = 32 * 4 + 4 + 4 * 4  # its input, the scalar init, the result
+    assert benchmark.hlo_traffic(text) == reduce

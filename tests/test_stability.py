@@ -1,5 +1,6 @@
 """Numerical stability: large per-channel offsets, half precision, non-finite isolation, non-negative variance."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -68,3 +69,34 @@ def test_non_finite_channel_does_not_leak(bad):
     assert not np.isfinite(y[:, 1]).all()  # the bad channel is visibly bad, not silently "fixed"
     ln = np.asarray(jn.layer_norm(jnp.asarray(x), {}, 5))
     assert np.isfinite(np.delete(ln.reshape(24, 5), 3 * 3 + 1, axis=0)).all()
+
+
+# On the CPU the statistics take the plain sums Σx, Σx² when every group has μ² ≤ 4σ² (|μ| ≤ 2σ) and the shifted
+# ones otherwise. Both sides of that threshold must meet a bound far tighter than the 1e-4 contract.
+@pytest.mark.parametrize("mean_over_std", [0.0, 0.5, 1.9, 2.1, 4.0, 30.0])
+def test_both_sides_of_the_plain_variance_threshold_are_accurate(mean_over_std):
+    rng = np.random.default_rng(3)
+    std = np.array([1.0, 0.1, 10.0, 3.0])
+    x = (rng.normal(size=(256, 4, 16, 16)) * std[:, None, None]
+         + (mean_over_std * std)[:, None, None]).astype(np.float32)  # 65536 values per BN channel
+    y, _ = jax.jit(lambda v: jn.batch_norm_2d(v, {}, {}, train=True))(jnp.asarray(x))
+    assert np.abs(np.asarray(y) - _reference(x, (0, 2, 3))).max() <= 1e-5
+    _, var, _ = _stats.moments(jnp.asarray(x), (0, 2, 3))
+    var64 = x.astype(np.float64).var((0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(np.asarray(var), var64, rtol=1e-5)
+    gn = jn.group_norm(jnp.asarray(x), {}, 4)
+    assert np.abs(np.asarray(gn) - _reference(x, (2, 3))).max() <= 1e-5
+
+
+@pytest.mark.parametrize("offset, plain", [(0.0, True), (1.5, True), (2.5, False), (1e4, False)])
+def test_cpu_statistics_take_the_plain_sums_only_when_well_conditioned(offset, plain):
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(64, 3, 8)).astype(np.float32) + offset)
+    axes, n = (0, 2), 64 * 8
+    hi, lo, var = jax.jit(lambda v: _stats._plain_or_shifted_moments(v, axes, n))(x)
+    expected = _stats._plain_moments(x, axes, n) if plain else _stats._shifted_local_moments(x, axes, n)[::2]
+    np.testing.assert_allclose(np.asarray(hi), np.asarray(expected[0]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(var), np.asarray(expected[1]), rtol=1e-5)
+    if plain:
+        assert np.all(np.asarray(lo) == 0.0)  # the plain branch carries the mean unsplit
+    # ... and stable_moments picks that CPU branch (other platforms always shift).
+    np.testing.assert_allclose(np.asarray(_stats.stable_moments(x, axes)[2]), np.asarray(var), rtol=1e-6)
