@@ -89,6 +89,21 @@ def _shifted_local_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax
     return *_fast_two_sum(shift, delta), mean_d2 - delta * delta
 
 
+@jax.custom_batching.custom_vmap
+def _all_true(ok: jax.Array) -> jax.Array:
+    """``jnp.all(ok)``; under ``vmap`` one decision for the whole batch (an unbatched predicate).
+
+    Why: a ``lax.cond`` whose predicate is batched becomes a ``select`` that runs *both* branches; with one
+    predicate for all mapped examples it stays a branch. Either branch is correct for every example.
+    """
+    return jnp.all(ok)
+
+
+@_all_true.def_vmap
+def _all_true_vmap(axis_size, in_batched, ok):
+    return jnp.all(ok), False
+
+
 def _plain_or_shifted_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The plain moments when every group is well conditioned (``μ² ≤ 4σ²``), else the shifted ones.
 
@@ -97,7 +112,7 @@ def _plain_or_shifted_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[
     ill-conditioned batch (large offsets, constant or non-finite groups) pays one extra statistics pass.
     """
     mean, var = _plain_moments(x, reduce_axes, n)
-    well_conditioned = jnp.all(mean * mean <= _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR * var)
+    well_conditioned = _all_true(lax.stop_gradient(mean * mean <= _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR * var))
     return lax.cond(well_conditioned, lambda: (mean, jnp.zeros_like(mean), var),
                     lambda: _shifted_local_moments(x, reduce_axes, n))
 

@@ -100,3 +100,16 @@ def test_cpu_statistics_take_the_plain_sums_only_when_well_conditioned(offset, p
         assert np.all(np.asarray(lo) == 0.0)  # the plain branch carries the mean unsplit
     # ... and stable_moments picks that CPU branch (other platforms always shift).
     np.testing.assert_allclose(np.asarray(_stats.stable_moments(x, axes)[2]), np.asarray(var), rtol=1e-6)
+
+
+def test_under_vmap_the_branch_is_chosen_once_for_the_whole_batch():
+    # A batched predicate would turn lax.cond into a select that runs both statistics branches (~1.5x slower).
+    ok = jnp.asarray([[True, True], [True, False]])
+    assert np.asarray(jax.vmap(_stats._all_true)(ok)).tolist() == [False, False]
+    assert bool(_stats._all_true(ok[0])) and not bool(_stats._all_true(ok[1]))
+    # Mixed batch: example 1 is ill-conditioned, so all examples take the shifted sums, and all stay accurate.
+    x = (np.random.default_rng(5).normal(size=(3, 16, 64)) + np.array([0.0, 1e4, 0.5])[:, None, None]).astype(np.float32)
+    y = jax.jit(jax.vmap(lambda xi: jn.layer_norm(xi, {}, 64)))(jnp.asarray(x))
+    assert np.abs(np.asarray(y) - _reference(x, (2,))).max() <= 1e-4
+    grads = jax.vmap(jax.grad(lambda xi: jn.layer_norm(xi, {}, 64)[0, 0]))(jnp.asarray(x[[0, 2]]))
+    assert np.isfinite(np.asarray(grads)).all()
