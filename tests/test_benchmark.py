@@ -87,6 +87,7 @@ def test_quick_run_writes_well_formed_rows(tmp_path):
         for other in others:
             # One round of one call: the paired per-round ratio is the ratio of the two times.
             assert r[f"jaxnorm_vs_{other}"] == pytest.approx(r["jaxnorm_ms"] / r[f"{other}_ms"])
+            assert r[f"jaxnorm_vs_{other}_best"] == pytest.approx(r["jaxnorm_ms_min"] / r[f"{other}_ms_min"])
             # The implementations computed the same y and dx (so the timings compare like with like).
             assert r[f"max_abs_diff_{other}"] < 1e-4
         if not has_torch:
