@@ -120,3 +120,17 @@ ENTRY %main (x: f32[8,4], i: s32[]) -> f32[4] {
 """
     reduce = 32 * 4 + 4 + 4 * 4  # its input, the scalar init, the result
     assert benchmark.hlo_traffic(text) == reduce
+
+
+def test_gpu_check_refuses_a_cpu_and_smoke_runs_with_allow_cpu(tmp_path):
+    """scripts/gpu_check.py (run on a lent GPU) compares GPU with CPU; on the CPU it must say it has no GPU."""
+    script = REPO / "scripts" / "gpu_check.py"
+    refused = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert refused.returncode == 2 and "expected a GPU" in refused.stderr
+    out = subprocess.run([sys.executable, str(script), "--allow-cpu", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert len(result["correctness"]) == 15 and all(r["max_rel_diff"] == 0.0 for r in result["correctness"])
+    assert max(max(r["bn"], r["ln"], r["gn"]) for r in result["stability"]) <= 1e-4
+    assert result["copy"]["jax_x_plus_1_gbs"] > 0
