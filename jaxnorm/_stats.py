@@ -66,7 +66,7 @@ _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR = 4.0
 
 
 def _plain_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax.Array, jax.Array]:
-    """``(E[x], E[x²] − E[x]²)``: both sums of one pass over ``x`` with no broadcast operand (the fastest form)."""
+    """``(E[x], E[x²] − E[x]²)``: two plain sums with no broadcast operand (the fastest reductions on XLA:CPU)."""
     mean = jnp.sum(x, axis=reduce_axes, keepdims=True) / n
     var = jnp.sum(jnp.square(x), axis=reduce_axes, keepdims=True) / n - mean * mean
     return mean, var
@@ -109,7 +109,7 @@ def _plain_or_shifted_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[
 
     Why: on XLA:CPU a reduction whose operand subtracts a broadcast shift runs ~1.8× slower than a plain ``Σx``,
     ``Σx²`` pass, and typical activations (centred, or post-ReLU with ``μ²/σ² ≈ 0.5``) are well conditioned. An
-    ill-conditioned batch (large offsets, constant or non-finite groups) pays one extra statistics pass.
+    ill-conditioned batch (large offsets, constant or non-finite groups) pays for the shifted sums as well.
     """
     mean, var = _plain_moments(x, reduce_axes, n)
     well_conditioned = _all_true(lax.stop_gradient(mean * mean <= _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR * var))
