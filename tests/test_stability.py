@@ -98,8 +98,8 @@ def test_cpu_statistics_take_the_plain_sums_only_when_well_conditioned(offset, p
     np.testing.assert_allclose(np.asarray(var), np.asarray(expected[1]), rtol=1e-5)
     if plain:
         assert np.all(np.asarray(lo) == 0.0)  # the plain branch carries the mean unsplit
-    # ... and stable_moments picks that CPU branch (other platforms always shift).
-    np.testing.assert_allclose(np.asarray(_stats.stable_moments(x, axes)[2]), np.asarray(var), rtol=1e-6)
+    if jax.default_backend() == "cpu":  # ... and stable_moments picks that CPU branch (other platforms always shift)
+        np.testing.assert_allclose(np.asarray(_stats.stable_moments(x, axes)[2]), np.asarray(var), rtol=1e-6)
 
 
 def test_under_vmap_the_branch_is_chosen_once_for_the_whole_batch():
