@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -141,14 +140,10 @@ def stability(gpu) -> list[dict]:
 
 
 def _median_ms(fn, calls: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    """Median milliseconds per call, timed as the benchmark times (one call per round here)."""
+    from experiments.benchmark import time_interleaved
+
+    return float(np.median(time_interleaved({"fn": fn}, rounds=calls, warmup=warmup, inner=1)["fn"]))
 
 
 def copy_bandwidth(gpu, nbytes: int = 1 << 30) -> dict:

@@ -30,6 +30,7 @@ import traceback  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _sync_bn_cases import LAYOUTS, case_names  # noqa: E402  (tests/ is sys.path[0] for a script)
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
@@ -390,38 +391,6 @@ def collective_counts(mesh):
 
 
 # ----------------------------------------------------------------------------- main
-LAYOUTS = {
-    # name: (shape, channel axis). Per-device batch is shape[0] / 4.
-    "nchw": ((8, 3, 4, 5), 1),
-    "nhwc": ((8, 4, 5, 3), -1),
-    "nc": ((16, 5), 1),
-    "ncl": ((8, 4, 6), 1),
-}
-MODES = ("shard_map", "pmap", "vmap", "jit_sharded")
-
-
-def case_names():
-    """Every case the worker runs, in order (tests/test_sync_bn.py mirrors this list)."""
-    names = []
-    for mode in MODES:
-        for lname in LAYOUTS:
-            # momentum=None (cumulative average, 1/num_batches_tracked) on one layout: the update
-            # rule does not depend on the layout, and each case costs compilations.
-            for mom in (0.1, None) if lname == "nchw" else (0.1,):
-                names.append(f"bn_train/{mode}/{lname}/momentum={mom}")
-        for lname in ("nchw", "nhwc"):
-            names.append(f"bn_grad/{mode}/{lname}")
-    names += [
-        "bn_grad_inside/pmap/nchw",
-        "bn_grad_inside/vmap/nchw",
-        "bn_train/shard_map_unchecked/nchw/momentum=0.1",
-        "bn_grad/shard_map_unchecked/nchw",
-        "bn_train/pmap/per_device_batch_1",
-        "control/shard_map_no_axis_name",
-    ]
-    names += [f"instance_train/{m}" for m in MODES]
-    names += ["group/shard_map_no_axis_name", "group/jit_sharded", "collectives"]
-    return names
 
 
 def run_case(name, mesh):

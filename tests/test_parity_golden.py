@@ -152,8 +152,7 @@ class GoldenParityTest(chex.TestCase):
     def check(self, family: str, case: str, what: str, got, exp, where: str) -> None:
         err, idx = rel_err(got, exp)
         label = f"{case} {where} {what}"
-        if err > WORST[(family, what)][0]:
-            WORST[(family, what)] = (err, label)
+        record_worst(WORST, (family, what), err, label)
         exp_np, got_np = np.asarray(exp), np.asarray(got)
         self.assertEqual(got_np.shape, exp_np.shape, f"{label}: shape {got_np.shape}, PyTorch {exp_np.shape}")
         self.assertLessEqual(
@@ -230,9 +229,20 @@ def test_goldens_cover_every_option() -> None:
     assert {c["eps"] for c in rms} == {None, 1e-3}
 
 
-def teardown_module() -> None:
-    if not WORST:
+def record_worst(worst: dict, key: tuple[str, str], err: float, where: str) -> None:
+    """Keep the largest error per (family, what) for the end-of-module summary."""
+    if err > worst[key][0]:
+        worst[key] = (err, where)
+
+
+def print_worst(title: str, worst: dict) -> None:
+    """The end-of-module summary of both parity suites: the worst error per (family, what) and where."""
+    if not worst:
         return
-    print("\nworst rel_err vs PyTorch goldens (metric and tolerance: module docstring)")
-    for (family, what), (err, where) in sorted(WORST.items()):
+    print(f"\nworst rel_err {title}")
+    for (family, what), (err, where) in sorted(worst.items()):
         print(f"  {family:14s} {what:13s} {err:.2e}  {where}")
+
+
+def teardown_module() -> None:
+    print_worst("vs PyTorch goldens (metric and tolerance: module docstring)", WORST)

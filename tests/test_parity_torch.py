@@ -35,7 +35,7 @@ torch = pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from test_parity_golden import RTOL, rel_err  # noqa: E402  (one metric for both parity suites)
+from test_parity_golden import RTOL, print_worst, record_worst, rel_err  # noqa: E402  (one metric for both parity suites)
 
 import jaxnorm as jn  # noqa: E402
 
@@ -245,11 +245,9 @@ def compare(family: str, label: str, cfg: dict, got: list[dict], exp32: list[dic
                 continue
             assert np.shape(g[key]) == np.shape(e32[key]), f"{where}: shape {np.shape(g[key])} vs {np.shape(e32[key])}"
             err64, _ = rel_err(g[key], e64[key])
-            if err64 > WORST[(family, "torch-f64")][0]:
-                WORST[(family, "torch-f64")] = (err64, where)
+            record_worst(WORST, (family, "torch-f64"), err64, where)
             err, idx = rel_err(g[key], e32[key])
-            if err > WORST[(family, "torch-f32")][0]:
-                WORST[(family, "torch-f32")] = (err, where)
+            record_worst(WORST, (family, "torch-f32"), err, where)
             assert err <= RTOL, (f"{where}: rel_err {err:.3e} > {RTOL:g} at {idx}: jaxnorm "
                                  f"{np.asarray(g[key])[idx]!r}, torch {np.asarray(e32[key])[idx]!r} "
                                  f"(torch float64: {np.asarray(e64[key])[idx]!r})")
@@ -307,11 +305,7 @@ def test_lesson_demo_matches_torch_and_printed_numbers(module, fn, spatial) -> N
 
 
 def teardown_module() -> None:
-    if not WORST:
-        return
-    print("\nworst rel_err of jaxnorm vs live torch (asserted vs torch-f32; torch-f64 recorded)")
-    for (family, ref), (err, where) in sorted(WORST.items()):
-        print(f"  {family:14s} {ref:10s} {err:.2e}  {where}")
+    print_worst("of jaxnorm vs live torch (asserted vs torch-f32; torch-f64 recorded)", WORST)
     path = os.environ.get("JAXNORM_PARITY_REPORT")
     if path:
         with open(path, "w") as f:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _sync_bn_cases import case_names  # jax-free: this process must not import JAX with 4 devices
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_sync_bn_worker.py"
@@ -37,32 +38,7 @@ TOL_F64 = 1e-4
 # Replicas (pmap / vmap outputs) must hold the same running stats; absolute, values are O(1-10).
 TOL_SPREAD = 1e-5
 
-MODES = ("shard_map", "pmap", "vmap", "jit_sharded")
-LAYOUTS = ("nchw", "nhwc", "nc", "ncl")
-
-
-def _case_names() -> list[str]:
-    """Mirror of ``_sync_bn_worker.case_names`` (kept jax-free here; test_case_list checks it)."""
-    names = []
-    for mode in MODES:
-        for layout in LAYOUTS:
-            for mom in ("0.1", "None") if layout == "nchw" else ("0.1",):
-                names.append(f"bn_train/{mode}/{layout}/momentum={mom}")
-        names += [f"bn_grad/{mode}/nchw", f"bn_grad/{mode}/nhwc"]
-    names += [
-        "bn_grad_inside/pmap/nchw",
-        "bn_grad_inside/vmap/nchw",
-        "bn_train/shard_map_unchecked/nchw/momentum=0.1",
-        "bn_grad/shard_map_unchecked/nchw",
-        "bn_train/pmap/per_device_batch_1",
-        "control/shard_map_no_axis_name",
-    ]
-    names += [f"instance_train/{m}" for m in MODES]
-    names += ["group/shard_map_no_axis_name", "group/jit_sharded", "collectives"]
-    return names
-
-
-CASES = _case_names()
+CASES = case_names()
 
 
 @pytest.fixture(scope="module")
