@@ -1,0 +1,73 @@
+"""The performance design, pinned: the exact memory traffic of every norm's compiled CPU program.
+
+Normalization is memory-bound, so what makes jaxnorm fast on the CPU is how many times its compiled programs read
+and write full-size arrays. ``hlo_traffic`` counts that from the optimized HLO (each kernel charged its operands and
+result; a conditional its cheapest branch, the plain-sum one on this well-conditioned data) in units of ``N``, the
+bytes of ``x``. The numbers below are the README's; they hold only while
+
+* the optimization barriers (``_stats._distinct``) keep XLA from merging ``x − μ`` / ``x̂`` into one materialized
+  tensor (without them BN forward+backward moves 12N instead of 10N), and
+* the backward shares its full-size sums between the input and the parameter gradients.
+
+Shapes are large enough for XLA:CPU's production fusion decisions (small arrays fuse differently) and are only
+compiled, never run. Exact XLA versions decide fusion, so these tests belong to the pinned environment only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxnorm as jn
+from experiments.benchmark import hlo_traffic
+
+pytestmark = pytest.mark.xla_exact
+
+BN, LN = (16, 64, 32, 32), (64, 128, 256)
+
+
+def _bn(axis):
+    stats = jn.batch_norm_init(64)[1]
+    return lambda x, p: jn.batch_norm(x, p, stats, train=True, axis=axis)[0]
+
+
+def _in(x, p):
+    return jn.instance_norm(x, p, {}, train=True)[0]
+
+
+CASES = {  # name: (shape, apply(x, params), params, forward traffic, forward+backward traffic) in units of N
+    "batch_norm NCHW": (BN, _bn(1), jn.batch_norm_init(64)[0], 4, 10),
+    "batch_norm NHWC": (BN[:1] + BN[2:] + BN[1:2], _bn(-1), jn.batch_norm_init(64)[0], 4, 10),
+    "instance_norm": (BN, _in, jn.instance_norm_init(64, affine=True)[0], 4, 10),
+    "group_norm": (BN, lambda x, p: jn.group_norm(x, p, 8), jn.group_norm_init(8, 64), 4, 10),
+    "layer_norm": (LN, lambda x, p: jn.layer_norm(x, p, 256), jn.layer_norm_init(256), 4, 10),
+}
+
+
+def traffic(fn, *args) -> float:
+    """Bytes the compiled program moves, in units of the first argument's bytes."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return hlo_traffic(text) / (math.prod(args[0].shape) * args[0].dtype.itemsize)
+
+
+def forward_backward(apply):
+    def step(x, params, dy):
+        y, vjp = jax.vjp(apply, x, params)
+        return y, vjp(dy)
+
+    return step
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_training_forward_and_backward_traffic_is_pinned(name):
+    shape, apply, params, fwd, fwdbwd = CASES[name]
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    got_fwd = traffic(apply, x, params)
+    got_fwdbwd = traffic(forward_backward(apply), x, params, x)
+    # Per-channel vectors add a few thousandths of N; a materialized full-size tensor adds 2N.
+    assert abs(got_fwd - fwd) < 0.2, f"{name} forward: expected {fwd}N of traffic, measured {got_fwd:.3f}N"
+    assert abs(got_fwdbwd - fwdbwd) < 0.2, (
+        f"{name} forward+backward: expected {fwdbwd}N of traffic, measured {got_fwdbwd:.3f}N")
