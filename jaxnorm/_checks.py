@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-PARAM_KEYS = ("weight", "bias")
-STATS_KEYS = ("running_mean", "running_var", "num_batches_tracked")
+from jaxnorm._types import PARAM_KEYS, STATS_KEYS
 
 
 def check_floating(name: str, x) -> None:
@@ -98,3 +97,51 @@ def check_batch_stats(name: str, batch_stats: Mapping, num_channels: int) -> Non
 def check_momentum(name: str, momentum) -> None:
     if momentum is not None and not (isinstance(momentum, (int, float, np.integer, np.floating)) and 0.0 <= momentum <= 1.0):
         raise ValueError(f"{name}: expected momentum in [0, 1] or None, got {momentum!r}")
+
+
+def check_train(name: str, train) -> None:
+    if not isinstance(train, bool):
+        raise TypeError(f"{name}: expected train to be a Python bool (static under jit), got {type(train).__name__}")
+
+
+def check_mask(name: str, mask, x):
+    """None, or a boolean array broadcastable to ``x`` (True = valid), returned with ``x``'s rank (leading 1s)."""
+    if mask is None:
+        return None
+    dtype = jnp.result_type(mask)
+    if dtype != jnp.bool_:
+        raise TypeError(f"{name}: expected a boolean mask (True = valid), got dtype {dtype}")
+    shape = tuple(jnp.shape(mask))
+    try:
+        if jnp.broadcast_shapes(shape, tuple(x.shape)) != tuple(x.shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{name}: mask of shape {shape} does not broadcast to the input's shape {tuple(x.shape)}") \
+            from None
+    return jnp.reshape(mask, (1,) * (x.ndim - len(shape)) + shape)
+
+
+def check_axis_index_groups(name: str, groups, axis_name) -> tuple[tuple[int, ...], ...] | None:
+    """None, or the groups as a tuple of tuples of ints (their partition of the axis is checked in the core)."""
+    if groups is None:
+        return None
+    if axis_name is None:
+        raise ValueError(f"{name}: axis_index_groups={groups!r} needs axis_name (the mapped axis to group)")
+    try:
+        out = tuple(tuple(int(i) for i in g) for g in groups)
+    except TypeError:
+        raise TypeError(f"{name}: expected axis_index_groups as a list of lists of device indices, got {groups!r}") \
+            from None
+    if not out or any(not g for g in out):
+        raise ValueError(f"{name}: expected non-empty groups of device indices, got {groups!r}")
+    return out
+
+
+def check_virtual_batch_size(name: str, size, batch: int) -> int | None:
+    if size is None:
+        return None
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"{name}: expected virtual_batch_size to be a positive int or None, got {size!r}")
+    if batch % size:
+        raise ValueError(f"{name}: virtual_batch_size ({size}) must divide the batch size ({batch})")
+    return int(size)

@@ -1,20 +1,24 @@
-"""The one statistics core: every normalization in jaxnorm calls these functions.
+r"""The one statistics core: every normalization in jaxnorm calls these functions.
 
 A normalization layer is a *spec of axes*: which axes of ``x`` are reduced to form the statistics (``reduce_axes``)
-and along which axis the affine parameters live. Everything numerical happens here:
+and along which axes the affine parameters live. Everything numerical happens here:
 
-* :func:`stable_moments` / :func:`moments` — mean and *biased* variance, stable (shifted one-pass), accumulated in
-  at least float32, optionally combined across a named mapped axis (synchronized statistics).
-* :func:`normalize` — ``y = (x − μ) / √(σ² + ε) · γ + β`` from batch statistics, with a closed-form ``custom_vjp``.
+* :func:`moments` — mean and *biased* variance over ``reduce_axes``, stable (shifted one-pass), accumulated in at
+  least float32, over the valid elements of an optional ``mask``, optionally combined across a named mapped axis
+  (synchronized statistics, weighted by each device's count, optionally within device groups).
+* :func:`normalize` — ``y = x̂ · γ + β`` with ``x̂ = (x − μ) / √(σ² + ε)`` (or ``x / √(E[x²] + ε)`` uncentred, for
+  RMSNorm) from batch statistics, with a ``custom_jvp`` whose tangent is linear in the tangents, so that forward
+  mode works and reverse mode is JAX's transpose of it (see :func:`_normalize_jvp` for why that transpose moves no
+  more bytes than a hand-written backward).
 * :func:`normalize_with` — ``x̂`` from given (running) statistics; :func:`affine` — ``x̂ · γ + β``.
-* :func:`mean_square` — ``E[x²]`` for RMSNorm.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +32,9 @@ def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _shift(x: jax.Array, reduce_axes: Axes) -> jax.Array:
-    """One sample of ``x`` per statistics group (index 0 along every reduced axis), kept as a broadcastable slice.
-
-    Why: ``Var[x] = E[(x−s)²] − E[x−s]²`` holds for any constant ``s``; choosing ``s`` from the data puts it within a
-    few standard deviations of the mean, so the subtraction in the one-pass formula no longer cancels catastrophically
-    (the naive ``E[x²] − E[x]²`` loses every digit once |mean| / std ≳ 1e3 in float32).
-    """
-    index = tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(x.ndim))
-    return lax.stop_gradient(x[index])
+def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
+    """Number of elements in one statistics group (static)."""
+    return math.prod(shape[a] for a in reduce_axes)
 
 
 def _distinct(tree, tag: int):
@@ -53,11 +51,22 @@ def _distinct(tree, tag: int):
     return jax.tree.map(lambda v: v + 0 * token[0].astype(v.dtype), values)
 
 
-def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
-    """Number of elements in one statistics group (static)."""
-    return math.prod(shape[a] for a in reduce_axes)
+def _valid(v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """``v`` where the mask is True and 0 elsewhere (``where``, not a product: padding may hold NaN or inf)."""
+    return v if mask is None else jnp.where(mask, v, jnp.zeros((), v.dtype))
 
 
+class Moments(NamedTuple):
+    """Statistics of each group, reduced axes kept as size-1 dims: ``mean = hi + lo`` (an unevaluated sum),
+    the biased variance (or ``E[x²]`` uncentred) and the number of valid elements (a float array; a constant without mask)."""
+
+    hi: jax.Array
+    lo: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+
+# --------------------------------------------------------------------------------------------- local moments
 # The plain one-pass variance E[x²] − E[x]² is used only where it is as accurate as the shifted one: with float32
 # sums of relative error γ its error is ≲ γ (σ² + 3μ²), i.e. (1 + 3K)γ relative to σ² when μ² ≤ K σ². The shifted
 # formula's error is the same expression with μ replaced by μ − s, and |μ − s| (one sample from the mean) is ≲ 2σ,
@@ -65,10 +74,10 @@ def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
 _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR = 4.0
 
 
-def _plain_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax.Array, jax.Array]:
+def _plain_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array]:
     """``(E[x], E[x²] − E[x]²)``: two plain sums with no broadcast operand (the fastest reductions on XLA:CPU)."""
-    mean = jnp.sum(x, axis=reduce_axes, keepdims=True) / n
-    var = jnp.sum(jnp.square(x), axis=reduce_axes, keepdims=True) / n - mean * mean
+    mean = jnp.sum(_valid(x, mask), axis=reduce_axes, keepdims=True) / n
+    var = jnp.sum(_valid(jnp.square(x), mask), axis=reduce_axes, keepdims=True) / n - mean * mean
     return mean, var
 
 
@@ -78,13 +87,46 @@ def _fast_two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return hi, (a - hi) + b
 
 
-def _shifted_local_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _first_valid(x: jax.Array, mask: jax.Array, reduce_axes: Axes) -> jax.Array:
+    """``x`` at the first valid position (row-major over ``reduce_axes``) of each group; 0 where none is valid.
+
+    One reduction over the mask (the positions are generated, not read) and a gather of one element per group.
+    """
+    shape = x.shape
+    position = jnp.zeros(shape, jnp.int32)
+    for a in reduce_axes:
+        position = position * shape[a] + lax.broadcasted_iota(jnp.int32, shape, a)
+    size = group_size(shape, reduce_axes)
+    first = jnp.min(jnp.where(mask, position, size), axis=reduce_axes, keepdims=True)
+    stats_shape, rest = first.shape, jnp.minimum(first, size - 1)
+    index = {}
+    for a in reversed(reduce_axes):
+        index[a], rest = rest % shape[a], rest // shape[a]
+    indices = tuple(index[a] if a in index else lax.broadcasted_iota(jnp.int32, stats_shape, a)
+                    for a in range(x.ndim))
+    return jnp.where(first < size, x[indices], jnp.zeros((), x.dtype))
+
+
+def _shift(x: jax.Array, reduce_axes: Axes, mask) -> jax.Array:
+    """One valid sample of ``x`` per statistics group (the first one), kept as a broadcastable slice.
+
+    Why: ``Var[x] = E[(x−s)²] − E[x−s]²`` holds for any constant ``s``; choosing ``s`` from the data puts it within a
+    few standard deviations of the mean, so the subtraction in the one-pass formula no longer cancels catastrophically
+    (the naive ``E[x²] − E[x]²`` loses every digit once |mean| / std ≳ 1e3 in float32).
+    """
+    if mask is not None:
+        return lax.stop_gradient(_first_valid(x, mask, reduce_axes))
+    index = tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(x.ndim))
+    return lax.stop_gradient(x[index])
+
+
+def _shifted_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(mean_hi, mean_lo, var)``: the shifted one-pass moments (always stable), the mean as ``hi + lo``."""
-    shift = _shift(x, reduce_axes)
-    delta = jnp.sum(x - shift, axis=reduce_axes, keepdims=True) / n
+    shift = _shift(x, reduce_axes, mask)
+    delta = jnp.sum(_valid(x - shift, mask), axis=reduce_axes, keepdims=True) / n
     # A distinct (barriered) copy of the shift keeps XLA from CSE-ing ``x − s`` into one materialized tensor that both
     # sums then read: each sum fuses its own subtraction and reads ``x`` directly.
-    mean_d2 = jnp.sum(jnp.square(x - _distinct(shift, 1)), axis=reduce_axes, keepdims=True) / n
+    mean_d2 = jnp.sum(_valid(jnp.square(x - _distinct(shift, 1)), mask), axis=reduce_axes, keepdims=True) / n
     # |shift| ≥ |delta| up to a few standard deviations, so hi + lo is the mean to float32 rounding of ``delta``.
     return *_fast_two_sum(shift, delta), mean_d2 - delta * delta
 
@@ -104,220 +146,261 @@ def _all_true_vmap(axis_size, in_batched, ok):
     return jnp.all(ok), False
 
 
-def _plain_or_shifted_moments(x: jax.Array, reduce_axes: Axes, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _plain_or_shifted_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The plain moments when every group is well conditioned (``μ² ≤ 4σ²``), else the shifted ones.
 
     Why: on XLA:CPU a reduction whose operand subtracts a broadcast shift runs ~1.8× slower than a plain ``Σx``,
     ``Σx²`` pass, and typical activations (centred, or post-ReLU with ``μ²/σ² ≈ 0.5``) are well conditioned. An
     ill-conditioned batch (large offsets, constant or non-finite groups) pays for the shifted sums as well.
     """
-    mean, var = _plain_moments(x, reduce_axes, n)
+    mean, var = _plain_moments(x, mask, reduce_axes=reduce_axes, n=n)
     well_conditioned = _all_true(lax.stop_gradient(mean * mean <= _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR * var))
     return lax.cond(well_conditioned, lambda: (mean, jnp.zeros_like(mean), var),
-                    lambda: _shifted_local_moments(x, reduce_axes, n))
+                    lambda: _shifted_moments(x, mask, reduce_axes=reduce_axes, n=n))
 
 
-def stable_moments(
-    x: jax.Array, reduce_axes: Axes, *, axis_name: str | None = None
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    r"""Stable moments of ``x`` over ``reduce_axes`` as ``(mean_hi, mean_lo, var, count)``, ``mean = hi + lo``.
+def local_moments(x: jax.Array, reduce_axes: Axes, mask: jax.Array | None = None, *, center: bool = True) -> Moments:
+    """Moments of one device's ``x`` (already in the compute dtype) over ``reduce_axes``; see :func:`moments`."""
+    if mask is None:
+        n = group_size(x.shape, reduce_axes)
+        count = jnp.asarray(n, x.dtype)
+    else:
+        count = jnp.sum(jnp.broadcast_to(mask, x.shape), axis=reduce_axes, keepdims=True, dtype=x.dtype)
+        n = jnp.maximum(count, 1)  # a group without valid elements gets mean 0, variance 0
+    if not center:
+        mean_square = jnp.sum(_valid(jnp.square(x), mask), axis=reduce_axes, keepdims=True) / n
+        zero = jnp.zeros_like(mean_square)
+        return Moments(zero, zero, mean_square, count)
+    cpu = partial(_plain_or_shifted_moments, reduce_axes=reduce_axes, n=n)
+    default = partial(_shifted_moments, reduce_axes=reduce_axes, n=n)
+    hi, lo, var = lax.platform_dependent(x, mask, cpu=cpu, default=default)
+    return Moments(hi, lo, jnp.maximum(var, 0.0), count)
+
+
+# ------------------------------------------------------------------------------------------ across devices
+def _combine(local: Moments, axis_name: Hashable, groups: tuple[tuple[int, ...], ...] | None) -> Moments:
+    r"""Moments of the union of every device's data (or of its device group's), from each device's moments.
+
+    All-gathers ``(hiᵢ, loᵢ, σᵢ², nᵢ)`` in ONE collective and combines them with Chan's parallel formula weighted by
+    the counts, relative to the first device that has data (so every replica gets bit-identical statistics and the
+    shift is a *valid* mean):
 
     .. math::
-        s = x_{\text{first}},\quad d = x - s,\quad
+        n = \sum n_i,\quad \delta = \tfrac{1}{n}\sum n_i (\mu_i - s),\quad
+        \sigma^2 = \tfrac{1}{n}\sum n_i\big(\sigma_i^2 + (\mu_i - s - \delta)^2\big),\quad \mu = s + \delta
+
+    A ``psum`` of ``Σx`` and ``Σx²`` would reintroduce the cancellation the shift removed. Groups (``[[0, 1], [2,
+    3]]``) weigh the devices outside one's own group by 0, so they need no grouped collective.
+    """
+    devices = lax.axis_size(axis_name)
+    me = lax.axis_index(axis_name)
+    count = jnp.broadcast_to(jnp.asarray(local.count, local.var.dtype), local.var.shape)
+    rows = jnp.stack([local.hi, local.lo, local.var, count])
+    one_hot = (jnp.arange(devices) == me).reshape((devices,) + (1,) * rows.ndim)
+    # A psum's result is replicated (the same value and, under shard_map, the same "invariant" type on every
+    # device), which an all_gather's is not.
+    hi, lo, var, n = jnp.moveaxis(lax.psum(jnp.where(one_hot, rows[None], 0.0), axis_name), 1, 0)
+    if groups is not None:
+        group_of = jnp.asarray([next(k for k, g in enumerate(groups) if d in g) for d in range(devices)])
+        same = (group_of == group_of[me]).reshape((devices,) + (1,) * local.var.ndim)
+        n = jnp.where(same, n, 0.0)
+    has = n > 0
+    first = has & (jnp.cumsum(has, axis=0) == 1)
+    shift = lax.stop_gradient(jnp.sum(jnp.where(first, hi, 0.0), axis=0))
+    means = jnp.where(has, (hi - shift) + lo, 0.0)  # (hi_j − s) is exact for nearby means (Sterbenz)
+    total = jnp.sum(n, axis=0)
+    safe = jnp.maximum(total, 1.0)
+    delta = jnp.sum(n * means, axis=0) / safe
+    var = jnp.sum(n * (var + jnp.square(means - delta)), axis=0) / safe
+    return Moments(*_fast_two_sum(shift, delta), var, total)
+
+
+def moments(x: jax.Array, reduce_axes: Axes, *, mask: jax.Array | None = None, axis_name: Hashable | None = None,
+            groups: tuple[tuple[int, ...], ...] | None = None, center: bool = True) -> Moments:
+    r"""Stable moments of ``x`` over ``reduce_axes`` as :class:`Moments` ``(mean_hi, mean_lo, var, count)``.
+
+    .. math::
+        s = x_{\text{first valid}},\quad d = x - s,\quad
         \delta = \tfrac{1}{n}\textstyle\sum d,\quad
         \sigma^2 = \max\!\big(0,\ \tfrac{1}{n}\sum d^2 - \delta^2\big),\quad
         \mu = s + \delta = \mu_{hi} + \mu_{lo}
 
-    Both sums are taken in one pass over ``x`` in at least float32 (kept dims). The mean is returned as an
-    unevaluated sum ``hi + lo`` because rounding ``μ`` itself costs up to half an ulp of ``|μ|`` — at offset 1e5 that
-    is 4e-3, 40 % of a 1e-2 standard deviation — whereas ``(x − hi) − lo`` is exact to float32 rounding of the
-    deviation (``x − hi`` is exact for ``x`` near the mean, Sterbenz).
+    Both sums are taken in one pass over ``x`` in at least float32 (kept dims), over the elements where ``mask`` is
+    True. The mean is returned as an unevaluated sum ``hi + lo`` because rounding ``μ`` itself costs up to half an ulp
+    of ``|μ|`` — at offset 1e5 that is 4e-3, 40 % of a 1e-2 standard deviation — whereas ``(x − hi) − lo`` is exact to
+    float32 rounding of the deviation (``x − hi`` is exact for ``x`` near the mean, Sterbenz).
 
     On the CPU the plain sums ``Σx``, ``Σx²`` (``s = 0``, ``lo = 0``) are taken first and kept when every group has
     ``μ² ≤ 4σ²``, where they are as accurate as the shifted ones and faster there (:func:`_plain_or_shifted_moments`);
-    other platforms fuse the shift for free and always use it.
+    other platforms fuse the shift for free and always use it. ``center=False`` gives ``E[x²]`` (RMSNorm).
 
-    With ``axis_name`` the per-device ``(hiᵢ, loᵢ, σᵢ²)`` are gathered in **one** collective and combined with Chan's
-    parallel formula ``σ² = mean σᵢ² + mean (μᵢ − μ)²`` (computed relative to device 0's ``hi``) — exact and as
-    stable as the local statistics; a ``psum`` of ``Σx`` and ``Σx²`` would reintroduce the cancellation the shift
-    removed. SPMD devices see equal local shapes, so every device contributes the same count ``n``.
-    ``count`` is the global number of elements per group (a float scalar).
+    With ``axis_name`` the statistics are those of every device's data together (:func:`_combine`); ``count`` is then
+    the global number of valid elements per group.
     """
     x = x.astype(compute_dtype(x.dtype))
-    n = group_size(x.shape, reduce_axes)
-    hi, lo, var = lax.platform_dependent(x, cpu=partial(_plain_or_shifted_moments, reduce_axes=reduce_axes, n=n),
-                                         default=partial(_shifted_local_moments, reduce_axes=reduce_axes, n=n))
-    var = jnp.maximum(var, 0.0)
-    if axis_name is None:
-        return hi, lo, var, jnp.asarray(n, x.dtype)
-    # All-gather as ONE psum of rows placed by device index: a psum's result is replicated (the same value and, under
-    # shard_map, the same "invariant" type on every device), which an all_gather's is not.
-    devices = lax.axis_size(axis_name)
-    local = jnp.stack([hi, lo, var])
-    one_hot = (jnp.arange(devices) == lax.axis_index(axis_name)).reshape((devices,) + (1,) * local.ndim)
-    gathered = lax.psum(jnp.where(one_hot, local[None], 0.0), axis_name)  # (devices, 3, ...)
-    # Every device combines relative to device 0's mean, so all replicas get bit-identical statistics;
-    # (hi_j − hi_0) is exact for nearby means (Sterbenz).
-    shift = lax.stop_gradient(gathered[0, 0])
-    means = (gathered[:, 0] - shift) + gathered[:, 1]
-    delta = jnp.mean(means, axis=0)
-    var = jnp.mean(gathered[:, 2], axis=0) + jnp.mean(jnp.square(means - delta), axis=0)
-    return *_fast_two_sum(shift, delta), var, jnp.asarray(n * devices, x.dtype)
+    local = local_moments(x, reduce_axes, mask, center=center)
+    return local if axis_name is None else _combine(local, axis_name, groups)
 
 
-def moments(
-    x: jax.Array, reduce_axes: Axes, *, axis_name: str | None = None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mean and biased variance over ``reduce_axes`` (kept dims) and the global count; see :func:`stable_moments`."""
-    hi, lo, var, n = stable_moments(x, reduce_axes, axis_name=axis_name)
-    return hi + lo, var, n
+# ------------------------------------------------------------------------------------------------ normalize
+class Spec(NamedTuple):
+    """What a normalization reduces and how (static; hashable)."""
+
+    reduce_axes: Axes
+    eps: float
+    center: bool = True  # False: RMSNorm, x / √(E[x²] + ε)
+    axis_name: Hashable | None = None
+    groups: tuple[tuple[int, ...], ...] | None = None
 
 
-def mean_square(x: jax.Array, reduce_axes: Axes) -> jax.Array:
-    """``E[x²]`` over ``reduce_axes`` (kept), in at least float32 — the RMSNorm statistic."""
+class Renorm(NamedTuple):
+    """Batch Renormalization's inputs (Ioffe 2017): running statistics (stats-shaped) and the clips (arrays)."""
+
+    running_mean: jax.Array
+    running_var: jax.Array
+    r_max: jax.Array
+    d_max: jax.Array
+
+
+def _renorm_correction(st: Moments, inv_std, renorm: Renorm | None, eps: float):
+    r"""``(r, d)`` with ``x̂·r + d`` the renormalized output, both held constant (``stop_gradient``); None without.
+
+    .. math:: r = \mathrm{clip}\big(\sigma_B/\sigma,\ 1/r_{max},\ r_{max}\big),\quad
+              d = \mathrm{clip}\big((\mu_B - \mu)/\sigma,\ -d_{max},\ d_{max}\big),\quad \sigma = \sqrt{v + \varepsilon}
+    """
+    if renorm is None:
+        return None, None
+    inv_running = lax.rsqrt(renorm.running_var.astype(inv_std.dtype) + eps)
+    r = jnp.clip(inv_running / inv_std, 1.0 / renorm.r_max, renorm.r_max)
+    d = jnp.clip(((st.hi - renorm.running_mean) + st.lo) * inv_running, -renorm.d_max, renorm.d_max)
+    return lax.stop_gradient(r.astype(inv_std.dtype)), lax.stop_gradient(d.astype(inv_std.dtype))
+
+
+def _add(*terms):
+    """The sum of the terms that are not None (None when all are)."""
+    present = [t for t in terms if t is not None]
+    return None if not present else present[0] if len(present) == 1 else sum(present[1:], present[0])
+
+
+def _mul(*factors):
+    """The product of the factors that are not None — None stands for a factor of 1 (None when all are)."""
+    present = [f for f in factors if f is not None]
+    return None if not present else present[0] if len(present) == 1 else math.prod(present[1:], start=present[0])
+
+
+def _both(a, b):
+    """``a · b``, or None (an absent term) when either is None."""
+    return None if a is None or b is None else a * b
+
+
+def _x_hat(x, hi, lo, inv_std, center: bool):
+    return ((x - hi) - lo) * inv_std if center else x * inv_std
+
+
+def _forward(spec: Spec, x, weight, bias, mask, renorm):
+    """Primal outputs ``(y, mean_hi, var, count)`` and what the tangent rule needs."""
     x = x.astype(compute_dtype(x.dtype))
-    return jnp.mean(x * x, axis=reduce_axes, keepdims=True)
+    weight, bias = (None if p is None else p.astype(x.dtype) for p in (weight, bias))
+    st = moments(x, spec.reduce_axes, mask=mask, axis_name=spec.axis_name, groups=spec.groups, center=spec.center)
+    inv_std = lax.rsqrt(st.var + spec.eps)
+    r, d = _renorm_correction(st, inv_std, renorm, spec.eps)
+    scale, shift = _mul(weight, r), _add(bias, None if d is None else _mul(weight, d))  # y = x̂·scale + shift
+    y = _add(_mul(_x_hat(x, st.hi, st.lo, inv_std, spec.center), scale), shift)
+    return (_valid(y, mask), st.hi, st.var, st.count), (x, st, inv_std, scale, r, d)
 
 
-def normalize(
-    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, reduce_axes: Axes, eps: float,
-    axis_name: str | None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    r"""Normalize with batch statistics over ``reduce_axes`` and apply the affine map; returns ``(y, μ, σ²)``.
+def normalize(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, spec: Spec, *,
+              mask: jax.Array | None = None, renorm: Renorm | None = None):
+    r"""Normalize with batch statistics over ``spec.reduce_axes`` and apply the affine map.
 
     .. math::
         \hat x = \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}}, \qquad y = \hat x\,\gamma + \beta
 
-    ``weight``/``bias`` (or None) are already shaped to broadcast against ``x``; ``y``, ``μ``, ``σ²`` are in the
-    compute dtype (≥ float32), ``μ``/``σ²`` with ``reduce_axes`` kept as size-1 dims.
+    (``x̂ = x / √(E[x²] + ε)`` with ``spec.center=False``; ``y = (x̂·r + d)·γ + β`` with ``renorm``.) ``weight``/``bias``
+    (or None) are already shaped to broadcast against ``x``. Returns ``(y, μ, σ², count)``: ``y`` in the compute dtype
+    (≥ float32) and 0 where ``mask`` is False; the statistics with the reduced axes kept as size-1 dims.
 
-    Without ``axis_name`` the gradient is the closed form of :func:`_normalize_local`. With ``axis_name`` (statistics
-    over a named mapped axis) the forward is differentiated by autodiff through the collective instead: a
-    ``custom_vjp`` whose rules contain a collective fails in JAX 0.10 when a VJP is taken outside ``vmap(axis_name)``,
-    and its per-device parameter gradients would not type-check under ``shard_map``'s replication checks.
+    Without ``axis_name`` the derivatives are :func:`_normalize_jvp`'s. With ``axis_name`` (statistics over a named
+    mapped axis) the forward is differentiated by autodiff through the collective instead, in both modes.
     """
-    if axis_name is None:
-        return _normalize_local(x, weight, bias, reduce_axes, eps)
-    outputs, _ = _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name)
-    return outputs
+    if spec.axis_name is None:
+        return _normalize_local(spec, x, weight, bias, mask, renorm)
+    return _forward(spec, x, weight, bias, mask, renorm)[0]
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _normalize_local(
-    x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, reduce_axes: Axes, eps: float
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    r""":func:`normalize` on one device, with a closed-form backward pass.
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _normalize_local(spec: Spec, x, weight, bias, mask, renorm):
+    """:func:`normalize` on one device, with the linear tangent rule :func:`_normalize_jvp`."""
+    return _forward(spec, x, weight, bias, mask, renorm)[0]
 
-    The backward pass is the closed form rather than autodiff through the one-pass moments (which would read ``x``
-    and the cotangent several more times). With ``ĝ = g γ`` and bars for means over each group of ``n``:
+
+def _tangent_or_none(t, dtype):
+    return None if t is None or isinstance(t, jax.custom_derivatives.SymbolicZero) else t.astype(dtype)
+
+
+def _shared_axes(spec: Spec, x, *small) -> Axes:
+    """Reduced axes along which neither the parameters nor the renorm factors vary (BN: all; IN, GN: spatial)."""
+    return tuple(a for a in spec.reduce_axes
+                 if x.shape[a] != 1 and all(s is None or jnp.shape(s)[a] == 1 for s in small))
+
+
+def _normalize_jvp(spec: Spec, primals, tangents):
+    r"""The tangent of :func:`normalize`, written so that JAX's transpose of it is the classic closed-form backward.
+
+    With ``u = ẋ`` (0 off the mask), ``t₁ = Σ u``, ``t₂ = Σ u·x̂`` over the reduced axes, ``a = γ·r`` the scale:
 
     .. math::
-        \frac{\partial L}{\partial x} = \frac{1}{\sqrt{\sigma^2+\varepsilon}}
-        \big(\hat g - \overline{\hat g} - \hat x\,\overline{\hat g\hat x}\big)
-        + \frac{g_\mu + 2 g_{\sigma^2}(x-\mu)}{n},\qquad
-        \frac{\partial L}{\partial \gamma} = \textstyle\sum_P g\hat x,\quad
-        \frac{\partial L}{\partial \beta} = \sum_P g
+        \dot y = a\,i\,u \;+\; \underbrace{\big(\dot\beta + \dot\gamma\,d - a\,i\,t_1/n\big)}_{c_1}
+              \;+\; \hat x\,\underbrace{\big(\dot\gamma\,r - a\,i\,t_2/n\big)}_{c_2},\qquad
+        \dot\mu = t_1/n,\quad \dot{\sigma^2} = 2\,t_2/(n\,i)
 
-    where ``P`` are the axes the parameters broadcast over. Where ``P`` and the reduced axes share axes (BatchNorm:
-    all of them; InstanceNorm and GroupNorm: the spatial ones), ``Σ g`` and ``Σ g·x̂`` over those axes are the only
-    full-size reductions and every other sum is taken on their small results, so the backward reads ``x`` and
-    ``g`` in three passes in all. LayerNorm, whose parameters vary along the reduced axes, needs four sums.
+    Where ``c₁``, ``c₂`` are constant along some reduced axes (BN: all of them; IN, GN: the spatial ones), the
+    transpose needs only two full-size sums over those axes, ``Σ g`` and ``Σ g·x̂``, and one map for ``dx`` — the
+    same three passes as a hand-written backward; every other sum runs on their small results. LayerNorm and
+    RMSNorm, whose parameters vary along the reduced axes, take the unfactored form (four full-size sums). Each
+    full-size use of ``x̂`` is built from its own barriered copy of the statistics (:func:`_distinct`) so that XLA
+    recomputes it inside the pass that needs it instead of writing it out. Symbolic-zero tangents (a parameter not
+    differentiated, ``x`` held fixed) skip their terms entirely.
     """
-    outputs, _ = _normalize_fwd(x, weight, bias, reduce_axes, eps)
-    return outputs
+    x, weight, bias, mask, renorm = primals
+    outputs, (x32, st, inv_std, scale, r, d) = _forward(spec, x, weight, bias, mask, renorm)
+    dtype = x32.dtype
+    u, dw, db = (_tangent_or_none(t, dtype) for t in tangents[:3])
+    n = jnp.maximum(st.count, 1) if mask is not None else st.count
+    axes, center = spec.reduce_axes, spec.center
+
+    def x_hat(tag):  # a full-size x̂ recomputed by the one pass that uses it
+        hi, lo, i = _distinct((st.hi, st.lo, inv_std), tag)
+        return _valid(_x_hat(x32, hi, lo, i, center), mask)
+
+    u = None if u is None else _valid(u, mask)
+    t1 = None if u is None or not center else jnp.sum(u, axis=axes, keepdims=True)
+    t2 = None if u is None else jnp.sum(u * x_hat(3), axis=axes, keepdims=True)
+    if _shared_axes(spec, x32, weight, bias, r):  # c₁, c₂ constant along shared axes: the factored form
+        a_i = _mul(scale, inv_std)
+        c1 = _add(db, _both(dw, d), None if t1 is None else -a_i * t1 / n)
+        c2 = _add(_mul(dw, r), None if t2 is None else -a_i * t2 / n)
+        dy = _add(None if u is None else a_i * u, c1, None if c2 is None else x_hat(4) * c2)
+    else:  # LayerNorm / RMSNorm: parameters vary along the reduced axes
+        def a_i(tag):
+            s, i = _distinct((scale, inv_std), tag)
+            return _mul(s, i)
+
+        dy = _add(None if u is None else a_i(5) * u, None if t1 is None else -a_i(6) * t1 / n,
+                  None if t2 is None else -x_hat(7) * a_i(8) * t2 / n,
+                  None if dw is None else x_hat(9) * _mul(dw, r), db, _both(dw, d))
+    y, mean, var, count = outputs
+    zero = jnp.zeros_like
+    dy = zero(y) if dy is None else _valid(jnp.broadcast_to(dy, y.shape), mask)
+    d_mean = zero(mean) if t1 is None else t1 / n
+    d_var = zero(var) if t2 is None else 2.0 * t2 / (n * inv_std)
+    return outputs, (dy, d_mean, d_var, zero(count))
 
 
-def _apply_affine(x_hat, weight, bias):
-    y = x_hat if weight is None else x_hat * weight.astype(x_hat.dtype)
-    return y if bias is None else y + bias.astype(x_hat.dtype)
+_normalize_local.defjvp(_normalize_jvp, symbolic_zeros=True)
 
 
-def _normalize_fwd(x, weight, bias, reduce_axes, eps, axis_name=None):
-    x = x.astype(compute_dtype(x.dtype))
-    mean_hi, mean_lo, var, n = stable_moments(x, reduce_axes, axis_name=axis_name)
-    inv_std = lax.rsqrt(var + eps)
-    hi, lo, i = _distinct((mean_hi, mean_lo, inv_std), 2)
-    y = _apply_affine(((x - hi) - lo) * i, weight, bias)
-    # The mean travels to the backward as hi + lo, not as a slice of x, which XLA would re-slice inside every fused
-    # pass there (losing the fast reduction fusion).
-    return (y, mean_hi, var), (x, weight, bias, mean_hi, mean_lo, inv_std, n)
-
-
-def _unwrap(primal):
-    return None if primal is None else primal.value
-
-
-def _normalize_fwd_rule(x, weight, bias, reduce_axes, eps):
-    # symbolic_zeros=True: primals arrive as CustomVJPPrimal(value, perturbed).
-    return _normalize_fwd(_unwrap(x), _unwrap(weight), _unwrap(bias), reduce_axes, eps)
-
-
-def _param_axes(x, param) -> Axes:
-    return tuple(a for a in range(x.ndim) if param.shape[a] == 1 and x.shape[a] != 1)
-
-
-def _is_zero(cotangent) -> bool:
-    return isinstance(cotangent, jax.custom_derivatives.SymbolicZero)
-
-
-def _normalize_bwd(reduce_axes, eps, residuals, cotangents):
-    x, weight, bias, mean_hi, mean_lo, inv_std, n = residuals
-    g, g_mean, g_var = cotangents
-    if _is_zero(g):
-        g = jnp.zeros_like(x)
-    param = weight if weight is not None else bias
-    param_axes = _param_axes(x, param) if param is not None else reduce_axes
-    # "Fine" axes are reduced both for the statistics and for the parameter gradients. Two full-size sums over them
-    # (Σ g and Σ g·x̂) serve every other sum, which then runs on small arrays: BatchNorm (fine = all reduced axes),
-    # InstanceNorm (spatial), GroupNorm (spatial: per-(n, c) sums, then per group / per channel).
-    fine = tuple(a for a in reduce_axes if a in param_axes)
-
-    # Every full-size expression below is recomputed inside the fused pass that needs it, from small per-group
-    # operands behind their own barrier (see _distinct), so that no x̂, x − μ or g·γ is ever written out.
-    def small(tag):
-        return _distinct((mean_hi, mean_lo, inv_std, weight), tag)
-
-    def g_hat(w):
-        return g if w is None else g * w.astype(g.dtype)
-
-    def sum_g_centered(gg, hi, axes):  # Σ gg·(x − hi): one broadcast operand fewer than Σ gg·x̂
-        return jnp.sum(gg * (x - hi), axis=axes, keepdims=True)
-
-    if fine:
-        hi, lo, i, _ = small(1)
-        sum_g = jnp.sum(g, axis=fine, keepdims=True)
-        sum_gx = i * (sum_g_centered(g, hi, fine) + lo * sum_g)  # Σ_fine g·x̂ (i, lo are constant on fine axes)
-        rest = tuple(a for a in reduce_axes if a not in fine)
-        w = 1.0 if weight is None else weight.astype(g.dtype)
-        sums = jnp.stack([jnp.sum(w * sum_g, axis=rest, keepdims=True), jnp.sum(w * sum_gx, axis=rest, keepdims=True)])
-        param_rest = tuple(a for a in param_axes if a not in fine)
-        param_sums = (jnp.sum(sum_gx, axis=param_rest, keepdims=True), jnp.sum(sum_g, axis=param_rest, keepdims=True))
-    else:  # LayerNorm: parameters vary along the reduced axes; four full-size sums
-        hi, lo, i, w = small(1)
-        sum_gh = jnp.sum(g_hat(w), axis=reduce_axes, keepdims=True)
-        hi, lo, i, w = small(4)
-        sum_ghx = i * (sum_g_centered(g_hat(w), hi, reduce_axes) + lo * sum_gh)
-        sums = jnp.stack([sum_gh, sum_ghx])
-        hi, lo, i, _ = small(2)
-        param_sums = (jnp.sum(g * (((x - hi) + lo) * i), axis=param_axes, keepdims=True) if weight is not None
-                      else None,
-                      jnp.sum(g, axis=param_axes, keepdims=True) if bias is not None else None)
-    g_bar, gx_bar = sums[0] / n, sums[1] / n
-    hi, lo, i, w = small(3)
-    centered = (x - hi) + lo
-    dx = i * (g_hat(w) - g_bar - centered * i * gx_bar)
-    if not _is_zero(g_mean):  # only when someone differentiates through the batch statistics themselves
-        dx = dx + g_mean / n
-    if not _is_zero(g_var):
-        dx = dx + 2.0 * g_var * centered / n
-    d_weight = None if weight is None else param_sums[0].reshape(weight.shape).astype(weight.dtype)
-    d_bias = None if bias is None else param_sums[1].reshape(bias.shape).astype(bias.dtype)
-    return dx, d_weight, d_bias
-
-
-_normalize_local.defvjp(_normalize_fwd_rule, _normalize_bwd, symbolic_zeros=True)
-
-
+# ------------------------------------------------------------------------------------------ other helpers
 def normalize_with(x: jax.Array, mean: jax.Array, var: jax.Array, eps: float) -> jax.Array:
     """``(x − mean) / √(var + ε)`` with given (e.g. running) statistics, in the compute dtype."""
     x = x.astype(compute_dtype(x.dtype))
@@ -331,28 +414,6 @@ def broadcast_params(params: dict, shape: Sequence[int]) -> tuple[jax.Array | No
 
 def affine(x_hat: jax.Array, params: dict, shape: Sequence[int]) -> jax.Array:
     """``x̂ · weight + bias`` with the parameters reshaped to the broadcast ``shape``; missing keys are skipped."""
-    return _apply_affine(x_hat, *broadcast_params(params, shape))
-
-
-def update_running_stats(
-    batch_stats: dict, mean: jax.Array, var: jax.Array, count: jax.Array, momentum: float | None
-) -> dict:
-    r"""PyTorch's running-statistics update from one batch.
-
-    .. math::
-        r_\mu \leftarrow (1-m)\,r_\mu + m\,\mu_B,\qquad
-        r_{\sigma^2} \leftarrow (1-m)\,r_{\sigma^2} + m\,\tfrac{n}{n-1}\sigma^2_B
-
-    with ``m = momentum``, or ``m = 1 / num_batches_tracked`` (after the increment) when ``momentum`` is None — the
-    cumulative average. The running variance uses the *unbiased* batch variance (``n`` = global group size).
-    """
-    tracked = batch_stats["num_batches_tracked"] + 1
-    dtype = batch_stats["running_mean"].dtype
-    factor = (1.0 / tracked).astype(dtype) if momentum is None else jnp.asarray(momentum, dtype)
-    unbiased = var * (count / jnp.maximum(count - 1.0, 1.0))
-    mean, unbiased = lax.stop_gradient(mean.astype(dtype)), lax.stop_gradient(unbiased.astype(dtype))
-    return {
-        "running_mean": (1 - factor) * batch_stats["running_mean"] + factor * mean,
-        "running_var": (1 - factor) * batch_stats["running_var"] + factor * unbiased,
-        "num_batches_tracked": tracked.astype(batch_stats["num_batches_tracked"].dtype),
-    }
+    weight, bias = broadcast_params(params, shape)
+    return _add(_mul(x_hat, None if weight is None else weight.astype(x_hat.dtype)),
+                None if bias is None else bias.astype(x_hat.dtype))

@@ -1,17 +1,18 @@
-"""Batch normalization (PyTorch ``nn.BatchNorm1d/2d/3d`` semantics) as pure functions.
+r"""Batch normalization (PyTorch ``nn.BatchNorm1d/2d/3d`` semantics) as pure functions, with its training-regime
+variants: masks, synchronized statistics (optionally within device groups), Ghost BN and Batch Renormalization.
 
 Spec: statistics over every axis except the channel axis; parameters and running statistics per channel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import jax
 import jax.numpy as jnp
 
-from jaxnorm import _checks, _stats
-
-Params = dict[str, jax.Array]
-BatchStats = dict[str, jax.Array]
+from jaxnorm import _checks, _running, _stats
+from jaxnorm._types import BatchStats, Params, channel_shape
 
 
 def batch_norm_init(
@@ -19,9 +20,13 @@ def batch_norm_init(
 ) -> tuple[Params, BatchStats]:
     """Initial ``(params, batch_stats)`` as PyTorch creates them.
 
-    ``params = {"weight": ones(C), "bias": zeros(C)}`` (``{}`` when ``affine=False``);
-    ``batch_stats = {"running_mean": zeros(C), "running_var": ones(C), "num_batches_tracked": int32 0}``
-    (``{}`` when ``track_running_stats=False``).
+    Returns:
+      ``params = {"weight": ones(C), "bias": zeros(C)}`` (``{}`` when ``affine=False``) and
+      ``batch_stats = {"running_mean": zeros(C), "running_var": ones(C), "num_batches_tracked": int32 0}``
+      (``{}`` when ``track_running_stats=False``).
+
+    Raises:
+      ValueError: ``num_features < 1``.
     """
     c = _checks.check_num_features("batch_norm_init", num_features)
     params = {"weight": jnp.ones((c,), dtype), "bias": jnp.zeros((c,), dtype)} if affine else {}
@@ -33,8 +38,80 @@ def batch_norm_init(
     return params, stats
 
 
-def _param_shape(ndim: int, axis: int, channels: int) -> tuple[int, ...]:
-    return tuple(channels if a == axis else 1 for a in range(ndim))
+def split_axis(a: jax.Array, axis: int, sizes: tuple[int, int]) -> jax.Array:
+    """Reshape ``axis`` of ``a`` into two axes of ``sizes`` (a size-1, broadcast axis into two size-1 axes)."""
+    new = (1, 1) if a.shape[axis] == 1 else sizes
+    return a.reshape(a.shape[:axis] + new + a.shape[axis + 1:])
+
+
+def _check(name: str, x, params, batch_stats, *, train, momentum, axis, axis_name, axis_index_groups, mask):
+    _checks.check_floating(name, x)
+    if x.ndim < 2:
+        raise ValueError(f"{name}: expected at least 2-D input (N, C, ...), got {x.ndim}-D input with shape {x.shape}")
+    axis = _checks.channel_axis(name, x, axis)
+    _checks.check_params(name, params, (x.shape[axis],))
+    _checks.check_batch_stats(name, batch_stats, x.shape[axis])
+    _checks.check_momentum(name, momentum)
+    _checks.check_train(name, train)
+    groups = _checks.check_axis_index_groups(name, axis_index_groups, axis_name)
+    return axis, groups, _checks.check_mask(name, mask, x)
+
+
+def _batch_statistics(name, x, params, batch_stats, *, momentum, eps, axis, axis_name, groups, mask, ghost, renorm,
+                      update: bool):
+    """Training-mode BN (or BN without running statistics): ``(y, updated batch_stats)``."""
+    channels = x.shape[axis]
+    xv, mv, axis_v = x, mask, axis
+    if ghost is not None:  # (N, ...) -> (N / v, v, ...): statistics per virtual batch, kept along the new axis 0
+        xv = split_axis(x, 0, (x.shape[0] // ghost, ghost))
+        mv = None if mask is None else split_axis(mask, 0, (x.shape[0] // ghost, ghost))
+        axis_v = axis + 1
+    reduce_axes = tuple(a for a in range(xv.ndim) if a != axis_v and (ghost is None or a != 0))
+    sync = axis_name if ghost is None else None  # ghost batches are local; only their running update is shared
+    if sync is None and mask is None and _stats.group_size(xv.shape, reduce_axes) == 1:
+        raise ValueError(f"{name}: expected more than 1 value per channel when training, got input shape "
+                         f"{tuple(x.shape)} (one value for each of the {channels} channels"
+                         + (f" in each virtual batch of {ghost})" if ghost else ")"))
+    stats_shape = channel_shape(xv.ndim, axis_v, channels)
+    weight, bias = _stats.broadcast_params(params, stats_shape)
+    if renorm is not None:
+        renorm = _stats.Renorm(batch_stats["running_mean"].reshape(stats_shape),
+                               batch_stats["running_var"].reshape(stats_shape), *renorm)
+    spec = _stats.Spec(reduce_axes, eps, axis_name=sync, groups=groups if ghost is None else None)
+    y, mean, var, count = _stats.normalize(xv, weight, bias, spec, mask=mv, renorm=renorm)
+    y = y.reshape(x.shape)
+    if not update:
+        return y, batch_stats
+    if ghost is None:
+        count = jnp.broadcast_to(count, mean.shape).reshape(channels)
+        return y, _running.from_batch(batch_stats, mean.reshape(channels), var.reshape(channels), count, momentum,
+                                      masked=mask is not None)
+    avg_mean, avg_var, valid = _running.average_of_groups(mean, var, count, (0,), channels, masked=mask is not None,
+                                                          axis_name=axis_name)
+    return y, _running.update(batch_stats, avg_mean, avg_var, momentum, valid=valid)
+
+
+def _running_statistics(x, params, batch_stats, *, eps, axis, mask):
+    """Eval-mode BN with the running statistics."""
+    shape = channel_shape(x.ndim, axis, x.shape[axis])
+    mean = jnp.reshape(batch_stats["running_mean"], shape)
+    var = jnp.reshape(batch_stats["running_var"], shape)
+    y = _stats.affine(_stats.normalize_with(x, mean, var, eps), params, shape)
+    return y if mask is None else jnp.where(mask, y, jnp.zeros((), y.dtype))
+
+
+def _batch_norm(name: str, x, params, batch_stats, *, train: bool, momentum, eps, axis, axis_name=None,
+                axis_index_groups=None, mask=None, virtual_batch_size=None, renorm=None):
+    axis, groups, mask = _check(name, x, params, batch_stats, train=train, momentum=momentum, axis=axis,
+                                axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask)
+    ghost = _checks.check_virtual_batch_size(name, virtual_batch_size, x.shape[0])
+    if train or not batch_stats:
+        y, new_stats = _batch_statistics(name, x, params, batch_stats, momentum=momentum, eps=eps, axis=axis,
+                                         axis_name=axis_name, groups=groups, mask=mask, ghost=ghost,
+                                         renorm=renorm if train else None, update=train and bool(batch_stats))
+    else:
+        y, new_stats = _running_statistics(x, params, batch_stats, eps=eps, axis=axis, mask=mask), batch_stats
+    return y.astype(x.dtype), new_stats
 
 
 def batch_norm(
@@ -46,65 +123,67 @@ def batch_norm(
     momentum: float | None = 0.1,
     eps: float = 1e-5,
     axis: int = 1,
-    axis_name: str | None = None,
-    _name: str = "batch_norm",
+    axis_name: Hashable | None = None,
+    axis_index_groups: Sequence[Sequence[int]] | None = None,
+    mask: jax.Array | None = None,
+    virtual_batch_size: int | None = None,
 ) -> tuple[jax.Array, BatchStats]:
     r"""Batch normalization over all axes but the channel ``axis``; returns ``(y, new_batch_stats)``.
 
     .. math::
         y = \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}}\,\gamma + \beta
 
-    * ``train=True``: ``μ, σ²`` are the batch mean and *biased* variance over ``(N, *spatial)``; the running
-      statistics become ``(1 − m)·running + m·batch`` with the *unbiased* batch variance
-      (``m = momentum``, or ``1/num_batches_tracked`` when ``momentum=None``) and ``num_batches_tracked += 1``.
-    * ``train=False``: ``μ, σ²`` are ``running_mean``/``running_var``; with an empty ``batch_stats``
-      (``track_running_stats=False``) the batch statistics are used. The collection is returned unchanged.
-    * ``axis_name``: statistics over the whole named mapped axis (``shard_map``/``pmap``/``vmap``) — synchronized BN;
-      running statistics then equal single-device BN on the full batch.
+    Args:
+      x: input ``(N, C, ...)`` (or channels-last with ``axis=-1``), any floating dtype; statistics are computed in
+        at least float32 and ``y`` has ``x``'s dtype.
+      params: ``{"weight", "bias"}`` of shape ``(C,)``, or ``{}``.
+      batch_stats: ``{"running_mean", "running_var", "num_batches_tracked"}``, or ``{}`` (no running statistics).
+      train: a Python bool. ``True``: ``μ, σ²`` are the batch mean and *biased* variance over ``(N, *spatial)``; the
+        running statistics become ``(1 − m)·running + m·batch`` with the *unbiased* batch variance (``m =
+        momentum``, or ``1/num_batches_tracked`` when ``momentum=None``) and ``num_batches_tracked += 1``.
+        ``False``: ``μ, σ²`` are the running statistics (batch statistics if ``batch_stats`` is empty); the
+        collection is returned unchanged.
+      momentum: weight of the new batch in the running statistics, in [0, 1], or None (cumulative average).
+      eps: added to the variance.
+      axis: the channel axis (not the batch axis 0).
+      axis_name: statistics over the whole named mapped axis (``shard_map``/``pmap``/``vmap``) — synchronized BN;
+        output and running statistics equal single-device BN on the full batch. Devices are weighted by their
+        number of valid values.
+      axis_index_groups: with ``axis_name``, synchronize within each group of device indices only (e.g.
+        ``[[0, 1], [2, 3]]``; the groups must partition the axis).
+      mask: boolean, broadcastable to ``x``, True = valid. Statistics over the valid values only (output and running
+        statistics equal BN on the valid values alone; the running variance is unbiased with the valid count).
+        ``y`` is 0 where the mask is False, whatever ``x`` holds there. A channel with fewer than two valid values
+        keeps its running statistics (``num_batches_tracked`` counts the batch only if a channel was updated).
+      virtual_batch_size: Ghost Batch Normalization: statistics per consecutive sub-batch of this many examples
+        (it must divide ``N``). The running statistics are updated once per call, with the average over the
+        virtual batches of their means and unbiased variances. With ``axis_name`` the virtual batches are each
+        device's own (not synchronized) and only the running update is averaged over the devices.
 
-    Statistics are computed in at least float32; ``y`` has ``x``'s dtype. ``train`` must be a Python bool.
+    Returns:
+      ``(y, batch_stats)``: the output, with ``x``'s shape and dtype, and the updated running statistics.
+
+    Raises:
+      ValueError: wrong rank, channel or key mismatches, one value per channel when training, a mask that does not
+        broadcast, a virtual batch size that does not divide the batch, momentum outside [0, 1].
+      TypeError: non-floating ``x``, non-boolean mask, ``train`` not a bool.
     """
-    _checks.check_floating(_name, x)
-    if x.ndim < 2:
-        raise ValueError(f"{_name}: expected at least 2-D input (N, C, ...), got {x.ndim}-D input with shape {x.shape}")
-    axis = _checks.channel_axis(_name, x, axis)
-    channels = x.shape[axis]
-    _checks.check_params(_name, params, (channels,))
-    _checks.check_batch_stats(_name, batch_stats, channels)
-    _checks.check_momentum(_name, momentum)
-    if not isinstance(train, bool):
-        raise TypeError(f"{_name}: expected train to be a Python bool (static under jit), got {type(train).__name__}")
-
-    shape = _param_shape(x.ndim, axis, channels)
-    reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
-    new_stats = batch_stats
-    if train or not batch_stats:
-        if axis_name is None and _stats.group_size(x.shape, reduce_axes) == 1:
-            raise ValueError(f"{_name}: expected more than 1 value per channel when training, got input shape "
-                             f"{tuple(x.shape)} (one value for each of the {channels} channels)")
-        weight, bias = _stats.broadcast_params(params, shape)
-        y, mean, var = _stats.normalize(x, weight, bias, reduce_axes, eps, axis_name)
-        if train and batch_stats:
-            count = jnp.asarray(_stats.group_size(x.shape, reduce_axes), mean.dtype)
-            if axis_name is not None:
-                count = count * jax.lax.axis_size(axis_name)
-            new_stats = _stats.update_running_stats(batch_stats, mean.reshape(channels), var.reshape(channels),
-                                                    count, momentum)
-    else:
-        mean = jnp.reshape(batch_stats["running_mean"], shape)
-        var = jnp.reshape(batch_stats["running_var"], shape)
-        y = _stats.affine(_stats.normalize_with(x, mean, var, eps), params, shape)
-    return y.astype(x.dtype), new_stats
+    return _batch_norm("batch_norm", x, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
+                       axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask,
+                       virtual_batch_size=virtual_batch_size)
 
 
 def _ranked(name: str, ranks: tuple[int, ...], layout: str):
     def fn(
         x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
-        eps: float = 1e-5, axis: int = 1, axis_name: str | None = None,
+        eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None,
+        axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
+        virtual_batch_size: int | None = None,
     ) -> tuple[jax.Array, BatchStats]:
         _checks.check_rank(name, x, ranks, layout)
-        return batch_norm(x, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
-                          axis_name=axis_name, _name=name)
+        return _batch_norm(name, x, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
+                           axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask,
+                           virtual_batch_size=virtual_batch_size)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = (f"{batch_norm.__doc__.splitlines()[0]}\n\n    PyTorch ``{name}`` rank check: {layout}. "

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import _checks, _stats
-from jaxnorm.batch_norm import Params
+from jaxnorm._types import Params
+from jaxnorm.batch_norm import split_axis
 
 
 def group_norm_init(num_groups: int, num_channels: int, *, affine: bool = True, dtype=jnp.float32) -> Params:
@@ -28,7 +29,7 @@ def _check_groups(name: str, num_groups, num_channels) -> None:
 
 
 def group_norm(
-    x: jax.Array, params: Params, num_groups: int, *, eps: float = 1e-5, axis: int = 1
+    x: jax.Array, params: Params, num_groups: int, *, eps: float = 1e-5, axis: int = 1, mask: jax.Array | None = None
 ) -> jax.Array:
     r"""Group normalization of ``x`` of shape (N, C, *) (or channels-last (N, *, C) with ``axis=-1``).
 
@@ -38,6 +39,18 @@ def group_norm(
     with ``μ_ng, σ²_ng`` the mean and biased variance over the ``C / G`` channels of group ``g`` and all spatial
     positions of sample ``n``. One group is LayerNorm over (C, *); ``C`` groups is InstanceNorm.
     Statistics are per sample, so no cross-device (``axis_name``) variant is needed.
+
+    Args:
+      x: input of at least 2 dims; params: ``{"weight", "bias"}`` of shape (C,) or ``{}``; num_groups: divides C.
+      eps: added to the variance; axis: the channel axis.
+      mask: boolean, broadcastable to ``x``, True = valid: statistics over the valid values; ``y`` is 0 off the mask.
+
+    Returns:
+      ``y`` with ``x``'s shape and dtype.
+
+    Raises:
+      ValueError: rank < 2, ``C % num_groups != 0``, parameter shapes, a mask that does not broadcast.
+      TypeError: non-floating ``x`` or non-boolean mask.
     """
     name = "group_norm"
     _checks.check_floating(name, x)
@@ -47,10 +60,13 @@ def group_norm(
     channels = x.shape[axis]
     _check_groups(name, num_groups, channels)
     _checks.check_params(name, params, (channels,))
-
-    grouped = x.reshape(x.shape[:axis] + (num_groups, channels // num_groups) + x.shape[axis + 1:])
+    mask = _checks.check_mask(name, mask, x)
+    sizes = (num_groups, channels // num_groups)
+    grouped = split_axis(x, axis, sizes)
     reduce_axes = tuple(a for a in range(1, grouped.ndim) if a != axis)  # all but N and the group axis
     # Per-channel parameters, split the same way as the channels: (..., G, C/G, ...).
     param_shape = tuple(grouped.shape[a] if a in (axis, axis + 1) else 1 for a in range(grouped.ndim))
-    y, _, _ = _stats.normalize(grouped, *_stats.broadcast_params(params, param_shape), reduce_axes, eps, None)
+    y, _, _, _ = _stats.normalize(grouped, *_stats.broadcast_params(params, param_shape),
+                                  _stats.Spec(reduce_axes, eps), mask=None if mask is None else split_axis(mask, axis,
+                                                                                                          sizes))
     return y.reshape(x.shape).astype(x.dtype)

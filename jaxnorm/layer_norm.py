@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxnorm import _checks, _stats
-from jaxnorm.batch_norm import Params
+from jaxnorm._types import Params
 
 
 def layer_norm_init(
@@ -27,30 +26,43 @@ def layer_norm_init(
     return params
 
 
-def _trailing_axes(name: str, x: jax.Array, normalized_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _trailing(name: str, x: jax.Array, params, normalized_shape, mask):
+    """Checks; returns ``(reduce axes, parameter broadcast shape, mask)``."""
     _checks.check_floating(name, x)
     shape = _checks.normalized_shape_tuple(name, normalized_shape)
     if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
         raise ValueError(f"{name}: normalized_shape {shape} must match the trailing dims of the input, got input shape "
                          f"{tuple(x.shape)}")
-    return shape, tuple(range(x.ndim - len(shape), x.ndim))
+    _checks.check_params(name, params, shape)
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    return axes, (1,) * (x.ndim - len(shape)) + shape, _checks.check_mask(name, mask, x)
 
 
 def layer_norm(
-    x: jax.Array, params: Params, normalized_shape: int | tuple[int, ...], *, eps: float = 1e-5
+    x: jax.Array, params: Params, normalized_shape: int | tuple[int, ...], *, eps: float = 1e-5,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     r"""Layer normalization over the trailing ``normalized_shape`` dims of ``x``.
 
     .. math::
         y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \varepsilon}}\odot\gamma + \beta
 
-    with the mean and biased variance over the last ``len(normalized_shape)`` axes, ``γ, β`` of shape
-    ``normalized_shape`` (either may be absent). Statistics in at least float32; ``y`` has ``x``'s dtype.
+    Args:
+      x: input whose trailing dims are ``normalized_shape``.
+      params: ``{"weight"[, "bias"]}`` of shape ``normalized_shape``, or ``{}``.
+      normalized_shape: an int or a tuple of ints.
+      eps: added to the variance.
+      mask: boolean, broadcastable to ``x``, True = valid: statistics over the valid values; ``y`` is 0 off the mask.
+
+    Returns:
+      ``y`` with ``x``'s shape and dtype (statistics in at least float32).
+
+    Raises:
+      ValueError: ``normalized_shape`` not the trailing dims, parameter shapes, a mask that does not broadcast.
+      TypeError: non-floating ``x`` or non-boolean mask.
     """
-    shape, axes = _trailing_axes("layer_norm", x, normalized_shape)
-    _checks.check_params("layer_norm", params, shape)
-    y, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, (1,) * (x.ndim - len(shape)) + shape), axes, eps,
-                               None)
+    axes, shape, mask = _trailing("layer_norm", x, params, normalized_shape, mask)
+    y, _, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps), mask=mask)
     return y.astype(x.dtype)
 
 
@@ -63,20 +75,29 @@ def rms_norm_init(
 
 
 def rms_norm(
-    x: jax.Array, params: Params, normalized_shape: int | tuple[int, ...], *, eps: float | None = None
+    x: jax.Array, params: Params, normalized_shape: int | tuple[int, ...], *, eps: float | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     r"""Root-mean-square normalization over the trailing ``normalized_shape`` dims.
 
     .. math::
         y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \varepsilon}}\odot\gamma
 
-    ``eps=None`` uses ``finfo(x.dtype).eps`` as PyTorch does. ``E[x²]`` is accumulated in at least float32.
+    Args:
+      x, normalized_shape, mask: as :func:`layer_norm`.
+      params: ``{"weight"}`` of shape ``normalized_shape``, or ``{}`` (RMSNorm has no bias).
+      eps: ``None`` uses ``finfo(x.dtype).eps`` as PyTorch does.
+
+    Returns:
+      ``y`` with ``x``'s shape and dtype (``E[x²]`` accumulated in at least float32).
+
+    Raises:
+      ValueError / TypeError: as :func:`layer_norm`; also a ``bias`` in ``params``.
     """
-    shape, axes = _trailing_axes("rms_norm", x, normalized_shape)
-    _checks.check_params("rms_norm", params, shape)
+    axes, shape, mask = _trailing("rms_norm", x, params, normalized_shape, mask)
     if "bias" in params:
         raise ValueError(f"rms_norm: params has keys {sorted(params)}; expected only 'weight' (RMSNorm has no bias)")
     eps = float(jnp.finfo(x.dtype).eps) if eps is None else eps
-    x32 = x.astype(_stats.compute_dtype(x.dtype))
-    y = x32 * lax.rsqrt(_stats.mean_square(x32, axes) + eps)
-    return _stats.affine(y, params, shape).astype(x.dtype)
+    y, _, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps, center=False),
+                                  mask=mask)
+    return y.astype(x.dtype)

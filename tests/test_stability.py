@@ -39,7 +39,7 @@ def test_naive_formula_would_fail_here():
 
 def test_variance_is_never_negative_and_constant_channels_give_zero():
     x = jnp.full((16, 3, 4), 12345.678, jnp.float32)
-    _, var, _ = _stats.moments(x, (0, 2))
+    var = _stats.moments(x, (0, 2)).var
     assert float(var.min()) >= 0.0
     y, stats = jn.batch_norm_1d(x, *jn.batch_norm_init(3), train=True)
     assert np.all(np.asarray(y) == 0.0) and np.all(np.asarray(stats["running_var"]) == 0.9)
@@ -81,7 +81,7 @@ def test_both_sides_of_the_plain_variance_threshold_are_accurate(mean_over_std):
          + (mean_over_std * std)[:, None, None]).astype(np.float32)  # 65536 values per BN channel
     y, _ = jax.jit(lambda v: jn.batch_norm_2d(v, {}, {}, train=True))(jnp.asarray(x))
     assert np.abs(np.asarray(y) - _reference(x, (0, 2, 3))).max() <= 1e-5
-    _, var, _ = _stats.moments(jnp.asarray(x), (0, 2, 3))
+    var = _stats.moments(jnp.asarray(x), (0, 2, 3)).var
     var64 = x.astype(np.float64).var((0, 2, 3), keepdims=True)
     np.testing.assert_allclose(np.asarray(var), var64, rtol=1e-5)
     gn = jn.group_norm(jnp.asarray(x), {}, 4)
@@ -92,14 +92,15 @@ def test_both_sides_of_the_plain_variance_threshold_are_accurate(mean_over_std):
 def test_cpu_statistics_take_the_plain_sums_only_when_well_conditioned(offset, plain):
     x = jnp.asarray(np.random.default_rng(4).normal(size=(64, 3, 8)).astype(np.float32) + offset)
     axes, n = (0, 2), 64 * 8
-    hi, lo, var = jax.jit(lambda v: _stats._plain_or_shifted_moments(v, axes, n))(x)
-    expected = _stats._plain_moments(x, axes, n) if plain else _stats._shifted_local_moments(x, axes, n)[::2]
+    hi, lo, var = jax.jit(lambda v: _stats._plain_or_shifted_moments(v, None, reduce_axes=axes, n=n))(x)
+    expected = (_stats._plain_moments(x, None, reduce_axes=axes, n=n) if plain
+                else _stats._shifted_moments(x, None, reduce_axes=axes, n=n)[::2])
     np.testing.assert_allclose(np.asarray(hi), np.asarray(expected[0]), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(var), np.asarray(expected[1]), rtol=1e-5)
     if plain:
         assert np.all(np.asarray(lo) == 0.0)  # the plain branch carries the mean unsplit
     if jax.default_backend() == "cpu":  # ... and stable_moments picks that CPU branch (other platforms always shift)
-        np.testing.assert_allclose(np.asarray(_stats.stable_moments(x, axes)[2]), np.asarray(var), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(_stats.moments(x, axes).var), np.asarray(var), rtol=1e-6)
 
 
 def test_under_vmap_the_branch_is_chosen_once_for_the_whole_batch():
