@@ -333,7 +333,7 @@ def recalibrate(run: _Run, state) -> tuple[dict[str, float] | None, str]:
     Returns ``(numbers for bn_extras.json or None, a line for the log)``: valid accuracy/loss before and after.
     """
     try:
-        from jaxnorm.linen import recalibrate_batch_stats
+        from jaxnorm import recalibrate_batch_stats
     except ImportError:
         return None, "[bn] precise-BN recalibration skipped: jaxnorm.linen.recalibrate_batch_stats is not available"
     import jax

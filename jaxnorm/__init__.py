@@ -16,7 +16,9 @@ from jaxnorm.instance_norm import (
     instance_norm_3d,
     instance_norm_init,
 )
+from jaxnorm.batch_renorm import batch_renorm, renorm_clip_schedule
 from jaxnorm.layer_norm import layer_norm, layer_norm_init, rms_norm, rms_norm_init
+from jaxnorm.recalibrate import recalibrate_batch_stats
 
 __version__ = "0.1.0"
 
@@ -24,7 +26,7 @@ __all__ = [
     "batch_norm", "batch_norm_1d", "batch_norm_2d", "batch_norm_3d", "batch_norm_init",
     "layer_norm", "layer_norm_init", "rms_norm", "rms_norm_init",
     "instance_norm", "instance_norm_1d", "instance_norm_2d", "instance_norm_3d", "instance_norm_init",
-    "group_norm", "group_norm_init", "init",
+    "group_norm", "group_norm_init", "init", "batch_renorm", "renorm_clip_schedule", "recalibrate_batch_stats",
     "fold_batch_norm", "from_torch_state_dict", "to_torch_state_dict", "flax_to_torch_state_dict",
     "torch_to_flax_variables",
 ]

@@ -2,7 +2,8 @@
 
 Parameters live in ``"params"`` as ``weight``/``bias``; running statistics in the ``"batch_stats"`` collection as
 ``running_mean``/``running_var``/``num_batches_tracked``. Stateful modules are called ``module(x, train=...)``;
-with ``train=True`` apply them with ``mutable=["batch_stats"]``. ``init`` does not count as a training step.
+with ``train=True`` apply them with ``mutable=["batch_stats"]``. ``init`` does not count as a training step. Every
+module takes ``mask=`` (boolean, True = valid) as the pure functions do.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_n
 from jaxnorm.group_norm import group_norm
 from jaxnorm.instance_norm import instance_norm_1d, instance_norm_2d, instance_norm_3d
 from jaxnorm.layer_norm import layer_norm, rms_norm
-from jaxnorm.recalibrate import recalibrate_batch_stats
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-           "LayerNorm", "GroupNorm", "RMSNorm", "recalibrate_batch_stats"]
+           "LayerNorm", "GroupNorm", "RMSNorm"]
 
 
 def _affine_params(module: nn.Module, shape, bias: bool = True) -> dict:
@@ -46,7 +46,7 @@ class _Stateful(nn.Module):
     _function = staticmethod(batch_norm)
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         c = (self.num_features,)
         params = _affine_params(self, c) if self.affine else {}
         variables = {}
@@ -58,7 +58,7 @@ class _Stateful(nn.Module):
             }
         stats = {k: v.value for k, v in variables.items()}
         y, new_stats = self._function(x, params, stats, train=train, momentum=self.momentum, eps=self.eps,
-                                      axis=self.axis, axis_name=self.axis_name)
+                                      axis=self.axis, axis_name=self.axis_name, mask=mask)
         if train and variables and not self.is_initializing():
             for key, var in variables.items():
                 var.value = new_stats[key]
@@ -113,10 +113,10 @@ class LayerNorm(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         shape = _checks.normalized_shape_tuple("LayerNorm", self.normalized_shape)
         params = _affine_params(self, shape, self.bias) if self.elementwise_affine else {}
-        return layer_norm(x, params, shape, eps=self.eps)
+        return layer_norm(x, params, shape, eps=self.eps, mask=mask)
 
 
 class RMSNorm(nn.Module):
@@ -128,10 +128,10 @@ class RMSNorm(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         shape = _checks.normalized_shape_tuple("RMSNorm", self.normalized_shape)
         params = _affine_params(self, shape, bias=False) if self.elementwise_affine else {}
-        return rms_norm(x, params, shape, eps=self.eps)
+        return rms_norm(x, params, shape, eps=self.eps, mask=mask)
 
 
 class GroupNorm(nn.Module):
@@ -145,6 +145,6 @@ class GroupNorm(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         params = _affine_params(self, (self.num_channels,)) if self.affine else {}
-        return group_norm(x, params, self.num_groups, eps=self.eps, axis=self.axis)
+        return group_norm(x, params, self.num_groups, eps=self.eps, axis=self.axis, mask=mask)

@@ -16,28 +16,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxnorm import linen
+from jaxnorm._types import STATS_KEYS as _STAT_KEYS
+from jaxnorm.batch_norm import batch_norm
+
 __all__ = ["recalibrate_batch_stats"]
 
-_STAT_KEYS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _batch_norm_types() -> tuple[type, ...]:
-    # Imported lazily: jaxnorm.linen re-exports this module's function.
-    from jaxnorm import linen
-
-    return (linen.BatchNorm1d, linen.BatchNorm2d, linen.BatchNorm3d)
+_BATCH_NORMS = (linen.BatchNorm1d, linen.BatchNorm2d, linen.BatchNorm3d)
 
 
 def _is_tracking_batch_norm(module: nn.Module) -> bool:
-    return isinstance(module, _batch_norm_types()) and module.track_running_stats
+    return isinstance(module, _BATCH_NORMS) and module.track_running_stats
 
 
 def _cumulative_bn_interceptor(visited: set[tuple[str, ...]]):
     """A method interceptor that runs every jaxnorm BatchNorm call in training mode and replaces the
     module's own running-statistics update (momentum ``m``) by the cumulative one (``momentum=None``):
     after the ``n``-th batch, ``running = (1 - 1/n) running + (1/n) batch``, i.e. the mean so far."""
-    import jaxnorm as jn  # lazily, as above
-
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         if context.method_name != "__call__" or not _is_tracking_batch_norm(module):
@@ -46,7 +41,7 @@ def _cumulative_bn_interceptor(visited: set[tuple[str, ...]]):
             raise ValueError(f"expected the input of BatchNorm {'/'.join(module.path)} as a positional argument")
         previous = {k: module.get_variable("batch_stats", k) for k in _STAT_KEYS}
         y = next_fun(*args, **{**kwargs, "train": True})  # normalizes with batch stats, as in training
-        _, cumulative = jn.batch_norm(
+        _, cumulative = batch_norm(
             args[0], {}, previous, train=True, momentum=None, eps=module.eps, axis=module.axis
         )
         for key, value in cumulative.items():

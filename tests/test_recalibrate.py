@@ -1,4 +1,4 @@
-"""jaxnorm.linen.recalibrate_batch_stats ("precise BN").
+"""jaxnorm.recalibrate_batch_stats ("precise BN").
 
 Golden: a float64 NumPy forward pass of the same network in training mode, averaging each BN layer's
 per-batch mean and unbiased variance over the batches; and, with torch installed,
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxnorm as jn
 import jaxnorm.linen as jnn
 from jaxnorm.interop import flax_to_torch_state_dict, torch_to_flax_variables
 
@@ -61,7 +62,7 @@ def _setup(n_batches=5, batch=16):
 
 def test_equals_float64_numpy_average():
     model, variables, batches = _setup()
-    new = jnn.recalibrate_batch_stats(model, variables, batches, train=False)
+    new = jn.recalibrate_batch_stats(model, variables, batches, train=False)
     golden = _golden_mlp(variables["params"], batches)
     for name in ("bn1", "bn2"):
         stats = new["batch_stats"][name]
@@ -77,15 +78,15 @@ def test_equals_float64_numpy_average():
 
 def test_independent_of_train_flag_and_accepts_labelled_batches():
     model, variables, batches = _setup(n_batches=3)
-    a = jnn.recalibrate_batch_stats(model, variables, batches, train=False)
-    b = jnn.recalibrate_batch_stats(model, variables, iter([(x, np.zeros(len(x))) for x in batches]), train=True)
+    a = jn.recalibrate_batch_stats(model, variables, batches, train=False)
+    b = jn.recalibrate_batch_stats(model, variables, iter([(x, np.zeros(len(x))) for x in batches]), train=True)
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), a, b)
 
 
 def test_uneven_last_batch():
     model, variables, batches = _setup(n_batches=3)
     batches = [*batches, batches[0][:5]]  # a smaller last batch still counts as one batch (as in PyTorch)
-    new = jnn.recalibrate_batch_stats(model, variables, batches, train=False)
+    new = jn.recalibrate_batch_stats(model, variables, batches, train=False)
     want_mean, want_var = _golden_mlp(variables["params"], batches)["bn2"]
     np.testing.assert_allclose(new["batch_stats"]["bn2"]["running_mean"], want_mean, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(new["batch_stats"]["bn2"]["running_var"], want_var, rtol=2e-5, atol=2e-6)
@@ -94,15 +95,15 @@ def test_uneven_last_batch():
 def test_errors():
     model, variables, batches = _setup(n_batches=1)
     with pytest.raises(ValueError, match="at least one batch"):
-        jnn.recalibrate_batch_stats(model, variables, [], train=False)
+        jn.recalibrate_batch_stats(model, variables, [], train=False)
     plain = nn.Dense(3)
     pv = plain.init(jax.random.key(0), jnp.ones((2, 5)))
     with pytest.raises(ValueError, match="'batch_stats' collection"):
-        jnn.recalibrate_batch_stats(plain, pv, batches)
+        jn.recalibrate_batch_stats(plain, pv, batches)
     no_bn = jnn.InstanceNorm1d(5, track_running_stats=True)
     nv = no_bn.init(jax.random.key(0), jnp.ones((2, 5, 4)), train=False)
     with pytest.raises(ValueError, match="InstanceNorm1d to contain a jaxnorm BatchNorm"):
-        jnn.recalibrate_batch_stats(no_bn, nv, [np.ones((2, 5, 4), np.float32)], train=True)
+        jn.recalibrate_batch_stats(no_bn, nv, [np.ones((2, 5, 4), np.float32)], train=True)
 
 
 class ConvNet(nn.Module):
@@ -121,7 +122,7 @@ def test_matches_torch_update_bn():
     batches = [(rng.standard_normal((6, 7, 7, 3)) * 2 - 1).astype(np.float32) for _ in range(4)]
     model = ConvNet()
     variables = model.init(jax.random.key(1), jnp.asarray(batches[0]), train=False)
-    new = jnn.recalibrate_batch_stats(model, variables, batches, train=True)
+    new = jn.recalibrate_batch_stats(model, variables, batches, train=True)
 
     tmodel = torch.nn.Module()
     tmodel.conv1, tmodel.bn1 = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
@@ -141,7 +142,7 @@ def test_model_that_is_a_batch_norm():
     batches = [rng.standard_normal((8, 3, 5)).astype(np.float32) * (i + 1) for i in range(3)]
     model = jnn.BatchNorm1d(3)
     variables = model.init(jax.random.key(0), jnp.asarray(batches[0]), train=False)
-    new = jnn.recalibrate_batch_stats(model, variables, batches, train=False)
+    new = jn.recalibrate_batch_stats(model, variables, batches, train=False)
     per_batch = [b.astype(np.float64).transpose(1, 0, 2).reshape(3, -1) for b in batches]  # (C, N*L)
     np.testing.assert_allclose(new["batch_stats"]["running_mean"], np.mean([b.mean(1) for b in per_batch], 0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new["batch_stats"]["running_var"], np.mean([b.var(1, ddof=1) for b in per_batch], 0), rtol=1e-5)
