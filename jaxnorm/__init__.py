@@ -8,6 +8,8 @@ an activation-statistics inspector in :mod:`jaxnorm.inspect`.
 
 from jaxnorm import init
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
+from jaxnorm.batch_renorm import batch_renorm, renorm_clip_schedule
+from jaxnorm.frozen import freeze_batch_norm, frozen_batch_norm
 from jaxnorm.group_norm import group_norm, group_norm_init
 from jaxnorm.instance_norm import (
     instance_norm,
@@ -16,7 +18,6 @@ from jaxnorm.instance_norm import (
     instance_norm_3d,
     instance_norm_init,
 )
-from jaxnorm.batch_renorm import batch_renorm, renorm_clip_schedule
 from jaxnorm.layer_norm import layer_norm, layer_norm_init, rms_norm, rms_norm_init
 from jaxnorm.recalibrate import recalibrate_batch_stats
 
@@ -27,6 +28,7 @@ __all__ = [
     "layer_norm", "layer_norm_init", "rms_norm", "rms_norm_init",
     "instance_norm", "instance_norm_1d", "instance_norm_2d", "instance_norm_3d", "instance_norm_init",
     "group_norm", "group_norm_init", "init", "batch_renorm", "renorm_clip_schedule", "recalibrate_batch_stats",
+    "frozen_batch_norm", "freeze_batch_norm",
     "fold_batch_norm", "from_torch_state_dict", "to_torch_state_dict", "flax_to_torch_state_dict",
     "torch_to_flax_variables",
 ]

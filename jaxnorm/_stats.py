@@ -201,6 +201,9 @@ def _combine(local: Moments, axis_name: Hashable, groups: tuple[tuple[int, ...],
     # device), which an all_gather's is not.
     hi, lo, var, n = jnp.moveaxis(lax.psum(jnp.where(one_hot, rows[None], 0.0), axis_name), 1, 0)
     if groups is not None:
+        if sorted(d for g in groups for d in g) != list(range(devices)):
+            raise ValueError(f"axis_index_groups must partition the {devices} devices of axis {axis_name!r}, got "
+                             f"{groups}")
         group_of = jnp.asarray([next(k for k, g in enumerate(groups) if d in g) for d in range(devices)])
         same = (group_of == group_of[me]).reshape((devices,) + (1,) * local.var.ndim)
         n = jnp.where(same, n, 0.0)

@@ -14,11 +14,13 @@ import jax.numpy as jnp
 
 from jaxnorm import _checks
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d
+from jaxnorm.batch_renorm import batch_renorm
+from jaxnorm.frozen import FROZEN_KEYS, frozen_batch_norm
 from jaxnorm.group_norm import group_norm
 from jaxnorm.instance_norm import instance_norm_1d, instance_norm_2d, instance_norm_3d
 from jaxnorm.layer_norm import layer_norm, rms_norm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "GroupNorm", "RMSNorm"]
 
 
@@ -29,11 +31,37 @@ def _affine_params(module: nn.Module, shape, bias: bool = True) -> dict:
     return params
 
 
-class _Stateful(nn.Module):
-    """Shared body of BatchNorm*/InstanceNorm*: gather collections, call the pure function, write stats back.
+def _stateful_call(module: nn.Module, x: jax.Array, train: bool, mask, options: dict) -> jax.Array:
+    """The body of BatchNorm*/InstanceNorm*/BatchRenorm: gather collections, call the pure function, write stats back.
 
-    ``_function`` (a plain class attribute, not a dataclass field) is the rank-checked pure function to call.
+    A layer whose ``batch_stats`` hold its weight was frozen by :func:`jaxnorm.freeze_batch_norm`: it computes
+    :func:`jaxnorm.frozen_batch_norm` and updates nothing.
     """
+    if module.has_variable("batch_stats", "weight"):
+        frozen = {k: module.get_variable("batch_stats", k) for k in FROZEN_KEYS}
+        return frozen_batch_norm(x, {k: frozen[k] for k in ("weight", "bias")}, frozen, eps=module.eps,
+                                 axis=module.axis)
+    c = (module.num_features,)
+    params = _affine_params(module, c) if module.affine else {}
+    variables = {}
+    if module.track_running_stats:
+        variables = {
+            "running_mean": module.variable("batch_stats", "running_mean", jnp.zeros, c, jnp.float32),
+            "running_var": module.variable("batch_stats", "running_var", jnp.ones, c, jnp.float32),
+            "num_batches_tracked": module.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32),
+        }
+    stats = {k: v.value for k, v in variables.items()}
+    y, new_stats = module._function(x, params, stats, train=train, momentum=module.momentum, eps=module.eps,
+                                    axis=module.axis, axis_name=module.axis_name, mask=mask, **options)
+    if train and variables and not module.is_initializing():
+        for key, var in variables.items():
+            var.value = new_stats[key]
+    return y
+
+
+class _Stateful(nn.Module):
+    """Shared fields of BatchNorm*/InstanceNorm*; ``_function`` (a plain class attribute, not a dataclass field)
+    is the rank-checked pure function to call."""
 
     num_features: int
     eps: float = 1e-5
@@ -45,42 +73,55 @@ class _Stateful(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     _function = staticmethod(batch_norm)
 
+    def _options(self) -> dict:
+        return {}
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
-        c = (self.num_features,)
-        params = _affine_params(self, c) if self.affine else {}
-        variables = {}
-        if self.track_running_stats:
-            variables = {
-                "running_mean": self.variable("batch_stats", "running_mean", jnp.zeros, c, jnp.float32),
-                "running_var": self.variable("batch_stats", "running_var", jnp.ones, c, jnp.float32),
-                "num_batches_tracked": self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32),
-            }
-        stats = {k: v.value for k, v in variables.items()}
-        y, new_stats = self._function(x, params, stats, train=train, momentum=self.momentum, eps=self.eps,
-                                      axis=self.axis, axis_name=self.axis_name, mask=mask)
-        if train and variables and not self.is_initializing():
-            for key, var in variables.items():
-                var.value = new_stats[key]
-        return y
+        return _stateful_call(self, x, train, mask, self._options())
 
 
-class BatchNorm1d(_Stateful):
+class _BatchNorm(_Stateful):
+    """BatchNorm's own options: statistics synchronized within device groups, Ghost BN."""
+
+    axis_index_groups: tuple[tuple[int, ...], ...] | None = None
+    virtual_batch_size: int | None = None
+
+    def _options(self) -> dict:
+        return {"axis_index_groups": self.axis_index_groups, "virtual_batch_size": self.virtual_batch_size}
+
+
+class BatchNorm1d(_BatchNorm):
     """``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L); see :func:`jaxnorm.batch_norm`."""
 
     _function = staticmethod(batch_norm_1d)
 
 
-class BatchNorm2d(_Stateful):
+class BatchNorm2d(_BatchNorm):
     """``torch.nn.BatchNorm2d``: input (N, C, H, W); see :func:`jaxnorm.batch_norm`."""
 
     _function = staticmethod(batch_norm_2d)
 
 
-class BatchNorm3d(_Stateful):
+class BatchNorm3d(_BatchNorm):
     """``torch.nn.BatchNorm3d``: input (N, C, D, H, W); see :func:`jaxnorm.batch_norm`."""
 
     _function = staticmethod(batch_norm_3d)
+
+
+class BatchRenorm(_Stateful):
+    """Batch Renormalization (:func:`jaxnorm.batch_renorm`) for any rank; ``r_max``/``d_max`` may be given per call
+    (e.g. from :func:`jaxnorm.renorm_clip_schedule`), else the module's."""
+
+    r_max: float = 3.0
+    d_max: float = 5.0
+    _function = staticmethod(batch_renorm)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None, r_max=None,
+                 d_max=None) -> jax.Array:
+        clips = {"r_max": self.r_max if r_max is None else r_max, "d_max": self.d_max if d_max is None else d_max}
+        return _stateful_call(self, x, train, mask, clips)
 
 
 class InstanceNorm1d(_Stateful):

@@ -1,0 +1,118 @@
+r"""Frozen BatchNorm: every BN a fixed affine map (torchvision's ``FrozenBatchNorm2d``), for fine-tuning.
+
+.. math::
+    s = \gamma \cdot \frac{1}{\sqrt{v + \varepsilon}},\qquad t = \beta - \mu\,s,\qquad y = x\,s + t
+
+with ``μ, v`` the running mean and variance. Unlike eval-mode BN, nothing of the layer is trained: the statistics
+never update, and the scale and shift receive no gradient (they are held constant).
+
+A frozen layer keeps ``weight``, ``bias``, ``running_mean``, ``running_var`` in its ``batch_stats`` collection (the
+buffers of torchvision's ``FrozenBatchNorm2d``, so its state dict maps one-to-one), and none in ``params``: an
+optimizer built on the params never sees them. :func:`freeze_batch_norm` makes those variables from a trained
+model's; jaxnorm's linen modules recognize a frozen layer by them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm import _checks
+from jaxnorm._types import COUNTER, BatchStats, Params, channel_shape
+
+FROZEN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+def frozen_batch_norm(x: jax.Array, params: Params, batch_stats: BatchStats, *, eps: float = 1e-5,
+                      axis: int = 1) -> jax.Array:
+    """A BatchNorm frozen to the affine map above, with torchvision's ``FrozenBatchNorm2d`` arithmetic.
+
+    Args:
+      x: input ``(N, C, ...)`` (or channels-last with ``axis=-1``).
+      params: ``{"weight", "bias"}`` (C,), or ``{}`` (weight 1, bias 0).
+      batch_stats: must hold ``running_mean`` and ``running_var`` (C,); other keys are ignored.
+      eps: added to the running variance.
+      axis: the channel axis.
+
+    Returns:
+      ``y`` with ``x``'s shape and dtype; no gradient flows to any parameter or statistic.
+
+    Raises:
+      ValueError: no running statistics, channel mismatches; TypeError: non-floating ``x``.
+    """
+    name = "frozen_batch_norm"
+    _checks.check_floating(name, x)
+    axis = _checks.channel_axis(name, x, axis)
+    channels = x.shape[axis]
+    _checks.check_params(name, params, (channels,))
+    if "running_mean" not in batch_stats or "running_var" not in batch_stats:
+        raise ValueError(f"{name}: expected batch_stats with 'running_mean' and 'running_var', got keys "
+                         f"{sorted(batch_stats)}")
+    _checks.check_batch_stats(name, {**{k: batch_stats[k] for k in ("running_mean", "running_var")},
+                                     COUNTER: jnp.zeros((), jnp.int32)}, channels)
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    weight = params.get("weight", jnp.ones((channels,), dtype)).astype(dtype)
+    bias = params.get("bias", jnp.zeros((channels,), dtype)).astype(dtype)
+    scale = weight * lax.rsqrt(batch_stats["running_var"].astype(dtype) + eps)
+    shift = bias - batch_stats["running_mean"].astype(dtype) * scale
+    shape = channel_shape(x.ndim, axis, channels)
+    scale, shift = (lax.stop_gradient(v).reshape(shape) for v in (scale, shift))
+    return (x.astype(dtype) * scale + shift).astype(x.dtype)
+
+
+def _freeze_layer(params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
+    mean = stats["running_mean"]
+    return {"weight": params.get("weight", jnp.ones_like(mean)), "bias": params.get("bias", jnp.zeros_like(mean)),
+            "running_mean": stats["running_mean"], "running_var": stats["running_var"]}
+
+
+def _freeze_tree(params: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[dict, dict, int]:
+    """``(params without the frozen layers', their batch_stats, number of layers frozen)`` of one subtree."""
+    if not isinstance(stats, Mapping):
+        return params, stats, 0
+    if "running_mean" in stats and "running_var" in stats:
+        return {}, _freeze_layer(params, stats), 1
+    new_params = {k: v for k, v in params.items() if k not in stats}
+    new_stats, count = {}, 0
+    for key, sub in stats.items():
+        sub_params, sub_stats, n = _freeze_tree(params.get(key, {}), sub)
+        if sub_params:
+            new_params[key] = sub_params
+        new_stats[key], count = sub_stats, count + n
+    return new_params, new_stats, count
+
+
+def freeze_batch_norm(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Freeze every normalization layer with running statistics in a linen model's ``variables``.
+
+    Each such layer (jaxnorm's ``BatchNorm*d``, and ``InstanceNorm*d`` with ``track_running_stats=True``) loses its
+    ``params`` entry and gets ``weight``, ``bias``, ``running_mean``, ``running_var`` in ``batch_stats`` (weight 1
+    and bias 0 when it had no affine parameters). Apply the *same* model to the result: its jaxnorm layers then
+    compute :func:`frozen_batch_norm` whatever ``train`` says, and update nothing.
+
+    Args:
+      variables: ``{"params": ..., "batch_stats": ..., ...}`` of a trained linen model.
+
+    Returns:
+      New variables (the input is not modified); other layers and collections are unchanged.
+
+    Raises:
+      ValueError: no ``batch_stats`` collection or no layer with running statistics in it.
+    """
+    if not isinstance(variables, Mapping) or "batch_stats" not in variables:
+        raise ValueError("freeze_batch_norm: expected linen variables with a 'batch_stats' collection, got "
+                         f"{sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__}")
+    params, stats, count = _freeze_tree(variables.get("params", {}), variables["batch_stats"])
+    if not count:
+        raise ValueError("freeze_batch_norm: found no layer with running statistics (running_mean, running_var) "
+                         "in batch_stats")
+    return {**variables, "params": params, "batch_stats": stats}
+
+
+def is_frozen(stats: Mapping[str, Any]) -> bool:
+    """Whether a layer's ``batch_stats`` are those of a frozen layer (they hold its weight)."""
+    return "weight" in stats
