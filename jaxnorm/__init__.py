@@ -1,9 +1,10 @@
 """jaxnorm — PyTorch-exact normalization layers for JAX as pure functions.
 
 Every normalization returns its output (and, for the stateful ones, the updated ``batch_stats``); all of them share
-one statistics core (:mod:`jaxnorm._stats`). Flax linen wrappers are in :mod:`jaxnorm.linen`, PyTorch-compatible
-initializers in :mod:`jaxnorm.init`, PyTorch state-dict interop and BN folding in :mod:`jaxnorm.interop`,
-an activation-statistics inspector in :mod:`jaxnorm.inspect`.
+one statistics core (:mod:`jaxnorm._stats`). Flax linen wrappers are in :mod:`jaxnorm.linen`, Flax NNX modules in
+:mod:`jaxnorm.nnx`, PyTorch-compatible initializers in :mod:`jaxnorm.init`, PyTorch state-dict interop and BN folding
+in :mod:`jaxnorm.interop` (whole NNX models: :mod:`jaxnorm.nnx_interop`), an activation-statistics inspector in
+:mod:`jaxnorm.activations`.
 """
 
 from jaxnorm import init
@@ -30,7 +31,7 @@ __all__ = [
     "group_norm", "group_norm_init", "init", "batch_renorm", "renorm_clip_schedule", "recalibrate_batch_stats",
     "frozen_batch_norm", "freeze_batch_norm",
     "fold_batch_norm", "from_torch_state_dict", "to_torch_state_dict", "flax_to_torch_state_dict",
-    "torch_to_flax_variables",
+    "torch_to_flax_variables", "torch_to_nnx", "nnx_to_torch_state_dict",
 ]
 
 from jaxnorm.interop import (
@@ -40,3 +41,4 @@ from jaxnorm.interop import (
     to_torch_state_dict,
     torch_to_flax_variables,
 )
+from jaxnorm.nnx_interop import nnx_to_torch_state_dict, torch_to_nnx

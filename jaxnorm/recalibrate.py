@@ -1,149 +1,261 @@
-"""Precise BN: recompute BatchNorm running statistics as exact population averages.
+"""Precise BN: recompute BatchNorm running statistics over a set of batches with the final weights.
 
 After training, each BN layer's running statistics are an exponential moving average over batches seen
 while the weights were still changing. Recalibrating with the final weights (PyTorch's
-``torch.optim.swa_utils.update_bn``; "precise BN" in Wu & Johnson, 2021) replaces them by the exact
-average over a set of batches.
+``torch.optim.swa_utils.update_bn``; "precise BN" in Wu & Johnson, 2021) replaces them by exact averages
+over a set of batches. Works on Flax linen models (``jaxnorm.linen`` BatchNorm layers) and on Flax NNX models
+(``jaxnorm.nnx`` BatchNorm layers).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jaxnorm import linen
-from jaxnorm._types import STATS_KEYS as _STAT_KEYS
-from jaxnorm.batch_norm import batch_norm
+from jaxnorm import nnx as jnnx
+from jaxnorm._types import COUNTER
+from jaxnorm.batch_norm import batch_norm, batch_norm_init
 
 __all__ = ["recalibrate_batch_stats"]
 
-_BATCH_NORMS = (linen.BatchNorm1d, linen.BatchNorm2d, linen.BatchNorm3d)
+ESTIMATORS = ("mean", "population")
+_LINEN_BATCH_NORMS = (linen.BatchNorm1d, linen.BatchNorm2d, linen.BatchNorm3d)
+_NNX_BATCH_NORMS = (jnnx.BatchNorm1d, jnnx.BatchNorm2d, jnnx.BatchNorm3d)
+
+# visit(path, module, x, mask): called for every call of a BN layer with running statistics, after the layer ran;
+# ``path`` is hashable and names the layer (a tuple of names for linen, a dotted string for NNX)
+Visit = Callable[[Any, Any, jax.Array, Any], None]
 
 
-def _is_tracking_batch_norm(module: nn.Module) -> bool:
-    return isinstance(module, _BATCH_NORMS) and module.track_running_stats
+# --------------------------------------------------------------------------------------------
+# The two estimators: a per-layer accumulator, updated once per batch
+# --------------------------------------------------------------------------------------------
 
 
-def _cumulative_bn_interceptor(visited: set[tuple[str, ...]]):
-    """A method interceptor that runs every jaxnorm BatchNorm call in training mode and replaces the
-    module's own running-statistics update (momentum ``m``) by the cumulative one (``momentum=None``):
-    after the ``n``-th batch, ``running = (1 - 1/n) running + (1/n) batch``, i.e. the mean so far."""
-    def interceptor(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name != "__call__" or not _is_tracking_batch_norm(module):
-            return next_fun(*args, **kwargs)
-        if not args:
-            raise ValueError(f"expected the input of BatchNorm {'/'.join(module.path)} as a positional argument")
-        previous = {k: module.get_variable("batch_stats", k) for k in _STAT_KEYS}
-        y = next_fun(*args, **{**kwargs, "train": True})  # normalizes with batch stats, as in training
-        _, cumulative = batch_norm(
-            args[0], {}, previous, train=True, momentum=None, eps=module.eps, axis=module.axis
-        )
-        for key, value in cumulative.items():
-            module.put_variable("batch_stats", key, value)
-        visited.add(tuple(module.path))
-        return y
-
-    return interceptor
+def _start(estimator: str, channels: int) -> dict[str, jax.Array]:
+    """The empty accumulator; for "mean" it is PyTorch's ``reset_running_stats`` (mean 0, variance 1, counter 0:
+    the first cumulative update weighs these by exactly 0, so even NaN running statistics are cleared)."""
+    reset = batch_norm_init(channels, affine=False)[1]
+    if estimator == "mean":
+        return reset
+    zeros = jnp.zeros((channels,), jnp.float32)
+    return {"count": zeros, "mean": zeros, "m2": zeros, COUNTER: reset[COUNTER]}
 
 
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    for name in path:
-        tree = tree[name]
-    return tree
+def _values_per_channel(x: jax.Array, axis: int, mask: jax.Array | None) -> jax.Array:
+    """How many (valid) values of each channel the batch holds, as float32 (C,)."""
+    axis %= x.ndim
+    if mask is None:
+        return jnp.full((x.shape[axis],), x.size // x.shape[axis], jnp.float32)
+    others = tuple(a for a in range(x.ndim) if a != axis)
+    return jnp.sum(jnp.broadcast_to(mask, x.shape), axis=others, dtype=jnp.float32)
 
 
-def _replace(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    """A copy of nested dict ``tree`` with the subtree at ``path`` replaced (the input is not modified)."""
-    if not path:
-        return value
-    out = dict(tree)
-    out[path[0]] = _replace(tree[path[0]], path[1:], value)
-    return out
+def _accumulate(estimator: str, acc: dict, x: jax.Array, *, eps: float, axis: int, mask) -> dict[str, jax.Array]:
+    r"""Add one batch (the input ``x`` of one BN layer) to the layer's accumulator.
 
-
-def _reset(stats: Mapping[str, Any]) -> dict[str, Any]:
-    """PyTorch's ``reset_running_stats``: mean 0, variance 1, counter 0 (the first cumulative update
-    then weighs the old values by exactly 0, so even NaN running stats are cleared)."""
-    return {
-        "running_mean": jnp.zeros_like(stats["running_mean"]),
-        "running_var": jnp.ones_like(stats["running_var"]),
-        "num_batches_tracked": jnp.zeros_like(stats["num_batches_tracked"]),
-    }
-
-
-def recalibrate_batch_stats(model: nn.Module, variables: Mapping[str, Any], batches: Iterable[Any], **apply_kwargs) -> dict[str, Any]:
-    r"""Recompute every jaxnorm BatchNorm layer's running statistics over ``batches`` ("precise BN").
-
-    For each BN layer (``jaxnorm.linen.BatchNorm1d/2d/3d`` with ``track_running_stats=True``), with
-    :math:`\mu_b` and :math:`s^2_b` the per-channel mean and *unbiased* variance of the layer's input in
-    batch :math:`b = 1..B`, the new statistics are
+    "mean": the pure function's cumulative update (``momentum=None``). "population": the batch's per-channel count
+    :math:`n_b`, mean :math:`\mu_b` and :math:`M_{2,b} = (n_b - 1)\,s^2_b` (from the pure function, whose variance is
+    stable) merged into the running :math:`(n_a, \mu_a, M_{2,a})` with Chan et al.'s formula
 
     .. math::
-        \text{running\_mean} = \frac1B \sum_b \mu_b, \qquad
-        \text{running\_var} = \frac1B \sum_b s^2_b, \qquad \text{num\_batches\_tracked} = B,
+        n = n_a + n_b,\quad \delta = \mu_b - \mu_a,\quad \mu = \mu_a + \delta\,\frac{n_b}{n},\quad
+        M_2 = M_{2,a} + M_{2,b} + \delta^2\,n_a\,\frac{n_b}{n},
 
-    exactly what PyTorch's ``torch.optim.swa_utils.update_bn`` computes (reset the statistics, then one
-    training-mode pass per batch with ``momentum=None``). Note that ``running_var`` averages per-batch
-    unbiased variances, as PyTorch does; it is not the pooled variance of all samples, which would also
-    count the spread of the batch means. The layers' own ``momentum`` plays no part.
-
-    Every batch is run through ``model.apply(variables, batch, mutable=["batch_stats"], **apply_kwargs)``
-    (jitted), with the BN layers forced into training mode: they normalize by each batch's statistics,
-    as in training, while the layers after them see what they saw in training. Pass e.g. ``train=False``
-    in ``apply_kwargs`` to keep dropout off, or ``rngs=...`` if the model needs them.
-
-    Args:
-      model: a Flax linen module containing jaxnorm BatchNorm layers.
-      variables: its variables (``params``, ``batch_stats``, ...).
-      batches: an iterable of model inputs; a tuple or list ``(inputs, labels, ...)`` contributes its
-        first element (as in PyTorch's ``update_bn``).
-      **apply_kwargs: passed to ``model.apply`` for every batch.
-
-    Returns:
-      New variables: ``batch_stats`` of the BN layers recomputed; everything else (``params``, other
-      layers' statistics) unchanged.
-
-    Raises:
-      ValueError: ``batches`` is empty or the model has no running-statistics BatchNorm layer.
+    which never forms :math:`\sum x^2` (that cancels catastrophically in float32 at large offsets). With a mask, a
+    channel's values in a batch count only if there are at least two of them (the pure function's rule).
     """
-    if "batch_stats" not in variables:
-        raise ValueError(f"expected variables with a 'batch_stats' collection, got collections {sorted(variables)}")
+    if estimator == "mean":
+        return batch_norm(x, {}, acc, train=True, momentum=None, eps=eps, axis=axis, mask=mask)[1]
+    channels = acc["mean"].shape[0]
+    _, batch = batch_norm(x, {}, _start("mean", channels), train=True, momentum=1.0, eps=eps, axis=axis, mask=mask)
+    n_b = _values_per_channel(x, axis, mask)
+    n_b = jnp.where(n_b >= 2, n_b, 0.0)  # the pure function kept the reset values for these channels
+    n_a, mean_a = acc["count"], acc["mean"]
+    n = n_a + n_b
+    share = n_b / jnp.maximum(n, 1.0)
+    delta = batch["running_mean"] - mean_a
+    m2_b = batch["running_var"] * jnp.maximum(n_b - 1.0, 0.0)
+    return {"count": n, "mean": mean_a + delta * share, "m2": acc["m2"] + m2_b + delta**2 * n_a * share,
+            COUNTER: acc[COUNTER] + batch[COUNTER]}
+
+
+def _finish(estimator: str, acc: dict) -> dict[str, jax.Array]:
+    """The running statistics from the accumulator (a channel that never had data keeps mean 0, variance 1)."""
+    if estimator == "mean":
+        return acc
+    var = jnp.where(acc["count"] > 1, acc["m2"] / jnp.maximum(acc["count"] - 1.0, 1.0), 1.0)
+    return {"running_mean": acc["mean"], "running_var": var, COUNTER: acc[COUNTER]}
+
+
+def _accumulate_batches(forward: Callable[[Any, jax.Array, Visit], None], state: Any, batches: Iterable[Any],
+                        estimator: str, name: str) -> dict[Any, dict[str, jax.Array]]:
+    """Run ``forward(state, x, visit)`` over the batches (jitted) and return each visited BN layer's new statistics,
+    by module path. A shape-only trace first finds the layers (those the batches reach)."""
     iterator = iter(batches)
     first = next(iterator, None)
     if first is None:
         raise ValueError("expected at least one batch to recalibrate on, got none")
     inputs = lambda batch: batch[0] if isinstance(batch, (tuple, list)) else batch  # noqa: E731
 
-    visited: set[tuple[str, ...]] = set()
-    interceptor = _cumulative_bn_interceptor(visited)
+    channels: dict[Any, int] = {}
+    jax.eval_shape(lambda s, x: forward(s, x, lambda path, module, *_: channels.setdefault(path, module.num_features)),
+                   state, inputs(first))
+    if not channels:
+        raise ValueError(f"expected {name} to contain a jaxnorm BatchNorm layer with running statistics, found none")
 
-    def step(others, batch_stats, x):  # variables are arguments, not closed over: no baked-in constants
+    @jax.jit
+    def step(state, accs, x):  # the model state is an argument, not closed over: no baked-in constants
+        accs = dict(accs)
+
+        def visit(path, module, x, mask):  # a layer called twice per forward pass accumulates twice
+            accs[path] = _accumulate(estimator, accs[path], x, eps=module.eps, axis=module.axis, mask=mask)
+
+        forward(state, x, visit)
+        return accs
+
+    accs = {path: _start(estimator, c) for path, c in channels.items()}
+    for batch in itertools.chain([first], iterator):
+        accs = step(state, accs, inputs(batch))
+    return {path: _finish(estimator, acc) for path, acc in accs.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The two front-ends
+# --------------------------------------------------------------------------------------------
+
+
+def _input(module: Any, args: tuple) -> jax.Array:
+    if not args:
+        raise ValueError(f"expected the input of {type(module).__name__} as a positional argument")
+    return args[0]
+
+
+def _recalibrate_linen(model: nn.Module, variables: Mapping[str, Any], batches: Iterable[Any], *, estimator: str,
+                       **apply_kwargs) -> dict[str, Any]:
+    if "batch_stats" not in variables:
+        raise ValueError(f"expected variables with a 'batch_stats' collection, got collections {sorted(variables)}")
+
+    def forward(state, x, visit):
+        def interceptor(next_fun, args, kwargs, context):
+            module = context.module
+            if context.method_name != "__call__" or not (isinstance(module, _LINEN_BATCH_NORMS)
+                                                         and module.track_running_stats):
+                return next_fun(*args, **kwargs)
+            y = next_fun(*args, **{**kwargs, "train": True})  # normalizes with batch stats, as in training
+            visit(tuple(module.path), module, _input(module, args), kwargs.get("mask"))
+            return y
+
+        others, batch_stats = state
         with nn.intercept_methods(interceptor):
-            _, state = model.apply({**others, "batch_stats": batch_stats}, x, mutable=["batch_stats"], **apply_kwargs)
-        return state["batch_stats"]
+            model.apply({**others, "batch_stats": batch_stats}, x, mutable=["batch_stats"], **apply_kwargs)
 
     others = {col: tree for col, tree in variables.items() if col != "batch_stats"}
-    # A shape-only trace finds the BN layers (their module paths), so exactly those are reset.
-    jax.eval_shape(step, others, variables["batch_stats"], inputs(first))
-    if not visited:
-        raise ValueError(f"expected {type(model).__name__} to contain a jaxnorm BatchNorm layer with running statistics, found none")
-    bn_paths = sorted(visited)
-    stats = variables["batch_stats"]
-    for path in bn_paths:
-        stats = _replace(stats, path, _reset(_get(stats, path)))
-
-    step = jax.jit(step)
-    for batch in itertools.chain([first], iterator):
-        stats = step(others, stats, inputs(batch))
-
+    results = _accumulate_batches(forward, (others, variables["batch_stats"]), batches, estimator,
+                                  type(model).__name__)
     # Other stateful layers updated their statistics on the way; only the BN layers' results are kept.
     new_stats = variables["batch_stats"]
-    for path in bn_paths:
-        new_stats = _replace(new_stats, path, _get(stats, path))
+    for path, stats in results.items():
+        new_stats = _replace(new_stats, path, stats)
     return {**variables, "batch_stats": new_stats}
+
+
+def _replace(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> Any:
+    """A copy of nested dict ``tree`` with the subtree at ``path`` replaced (the input is not modified)."""
+    if not path:
+        return value
+    return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
+
+
+def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any], *, estimator: str, **call_kwargs) -> nnx.Module:
+    graphdef, state = nnx.split(model)
+    classes = {type(m) for _, m in nnx.iter_modules(model) if isinstance(m, _NNX_BATCH_NORMS)}
+    dotted = lambda path: ".".join(map(str, path))  # noqa: E731
+
+    def forward(state, x, visit):
+        copy = nnx.merge(graphdef, state)  # the updates of this traced copy are dropped; the model is untouched
+        paths = {id(m): dotted(p) for p, m in nnx.iter_modules(copy)}
+
+        def interceptor(next_fun, module, args, kwargs):
+            if not module.track_running_stats:
+                return next_fun(*args, **kwargs)
+            y = next_fun(*args, **{**kwargs, "use_running_average": False})  # batch stats, as in training
+            visit(paths[id(module)], module, _input(module, args), kwargs.get("mask"))
+            return y
+
+        with jnnx._intercept_calls(classes, interceptor):
+            copy(x, **call_kwargs)
+
+    results = _accumulate_batches(forward, state, batches, estimator, type(model).__name__)
+    modules = {dotted(p): m for p, m in nnx.iter_modules(model)}
+    for path, stats in results.items():
+        for key, value in stats.items():
+            getattr(modules[path], key)[...] = value
+    return model
+
+
+def recalibrate_batch_stats(model: nn.Module | nnx.Module, *args: Any, estimator: str = "mean", **kwargs: Any) -> Any:
+    r"""Recompute every jaxnorm BatchNorm layer's running statistics over a set of batches ("precise BN").
+
+    Two forms, by the kind of model:
+
+    - linen: ``new_variables = recalibrate_batch_stats(model, variables, batches, **apply_kwargs)``. Every batch
+      runs through ``model.apply(variables, x, mutable=["batch_stats"], **apply_kwargs)``; returns new variables
+      with the BN layers' ``batch_stats`` recomputed and everything else (``params``, other layers' statistics)
+      unchanged; the input is not modified.
+    - NNX: ``recalibrate_batch_stats(model, batches, **call_kwargs)``. Every batch runs through
+      ``model(x, **call_kwargs)`` on a traced copy; the BN layers' BatchStats are then updated **in place** (as NNX
+      layers update themselves, and as PyTorch's ``update_bn`` does) and the model is returned. Nothing else of
+      the model changes (other layers' statistics, RNG state).
+
+    The layers are ``jaxnorm.linen`` / ``jaxnorm.nnx`` ``BatchNorm1d/2d/3d`` with ``track_running_stats=True`` that
+    the batches reach. They are forced into training mode, so they normalize by each batch's statistics and the
+    layers after them see what they saw in training; other layers run as ``apply_kwargs``/``call_kwargs`` (linen)
+    or the model's mode (NNX: call ``model.eval()`` first to keep dropout off) say. With :math:`\mu_b`, :math:`s^2_b`
+    and :math:`n_b` the per-channel mean, *unbiased* variance and number of values of a layer's input in batch
+    :math:`b = 1..B`:
+
+    - ``estimator="mean"`` (PyTorch's ``torch.optim.swa_utils.update_bn``: reset, then one training-mode pass per
+      batch with ``momentum=None``): :math:`\text{running\_mean} = \frac1B \sum_b \mu_b`,
+      :math:`\text{running\_var} = \frac1B \sum_b s^2_b`. Every batch weighs the same, whatever its size, and
+      the spread of the batch means is not counted.
+    - ``estimator="population"`` (fvcore's ``update_bn_stats`` approach): the mean and unbiased variance of all
+      batches concatenated, :math:`\text{running\_mean} = \frac1n \sum_b n_b \mu_b` and
+      :math:`\text{running\_var} = \frac{1}{n-1} \sum_{b,i} (x_{bi} - \text{running\_mean})^2` with
+      :math:`n = \sum_b n_b`, accumulated across batches in float32 with Chan et al.'s pairwise merge of
+      (count, mean, :math:`M_2`), which stays accurate at large offsets (no :math:`\sum x^2`).
+
+    Either way ``num_batches_tracked = B`` and the layers' own ``momentum`` plays no part. A layer's ``mask=``
+    argument is honoured (statistics over the valid values); ``virtual_batch_size`` and ``axis_name`` are not: the
+    statistics are those of each whole batch on this device.
+
+    Args:
+      model: a Flax linen or NNX module containing jaxnorm BatchNorm layers.
+      *args: ``(variables, batches)`` for linen, ``(batches,)`` for NNX. ``batches`` is an iterable of model inputs;
+        a tuple or list ``(inputs, labels, ...)`` contributes its first element (as in PyTorch's ``update_bn``).
+      estimator: ``"mean"`` or ``"population"``.
+      **kwargs: passed to ``model.apply`` (linen; e.g. ``train=False``, ``rngs=...``) or to ``model(x, ...)``
+        (NNX) for every batch.
+
+    Returns:
+      linen: the new variables. NNX: ``model`` itself, updated in place.
+
+    Raises:
+      ValueError: an unknown ``estimator``, no batches, no ``batch_stats`` collection (linen), or no jaxnorm
+        BatchNorm layer with running statistics reached by the batches.
+      TypeError: ``model`` is neither a linen nor an NNX module.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"expected estimator to be one of {ESTIMATORS}, got {estimator!r}")
+    if isinstance(model, nnx.Module):
+        return _recalibrate_nnx(model, *args, estimator=estimator, **kwargs)
+    if isinstance(model, nn.Module):
+        return _recalibrate_linen(model, *args, estimator=estimator, **kwargs)
+    raise TypeError(f"expected a flax.linen or flax.nnx Module, got {type(model).__name__}")

@@ -1,8 +1,9 @@
-"""jaxnorm.recalibrate_batch_stats ("precise BN").
+"""jaxnorm.recalibrate_batch_stats ("precise BN"), on linen and NNX models, with both estimators.
 
 Golden: a float64 NumPy forward pass of the same network in training mode, averaging each BN layer's
 per-batch mean and unbiased variance over the batches; and, with torch installed,
-``torch.optim.swa_utils.update_bn`` on the same weights.
+``torch.optim.swa_utils.update_bn`` on the same weights. For ``estimator="population"``: the float64 mean and
+unbiased variance of all batches concatenated. NNX models: the linen result on the same weights.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import jaxnorm as jn
 import jaxnorm.linen as jnn
+import jaxnorm.nnx as jx
 from jaxnorm.interop import flax_to_torch_state_dict, torch_to_flax_variables
 
 EPS = 1e-5
@@ -146,3 +149,123 @@ def test_model_that_is_a_batch_norm():
     per_batch = [b.astype(np.float64).transpose(1, 0, 2).reshape(3, -1) for b in batches]  # (C, N*L)
     np.testing.assert_allclose(new["batch_stats"]["running_mean"], np.mean([b.mean(1) for b in per_batch], 0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new["batch_stats"]["running_var"], np.mean([b.var(1, ddof=1) for b in per_batch], 0), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# NNX models, and the "population" estimator
+# ------------------------------------------------------------------------------------------------
+
+
+class NNXMLP(nnx.Module):
+    """The NNX twin of MLP (same layer names, so that weights move between them through a state dict)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc1, self.bn1 = nnx.Linear(5, 8, rngs=rngs), jx.BatchNorm1d(8, momentum=0.3)
+        self.fc2, self.bn2 = nnx.Linear(8, 6, rngs=rngs), jx.BatchNorm1d(6, momentum=None)
+        self.inorm = jx.InstanceNorm1d(2, track_running_stats=True)
+        self.head = nnx.Linear(6, 2, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.bn2(self.fc2(nnx.relu(self.bn1(self.fc1(x)))))
+        x = self.inorm(x.reshape(x.shape[0], 2, 3))
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+def _nnx_twin(variables):
+    """An NNXMLP holding ``variables`` (built abstractly: no initializer runs)."""
+    return jn.torch_to_nnx(flax_to_torch_state_dict(variables), nnx.eval_shape(lambda: NNXMLP(nnx.Rngs(0))))
+
+
+@pytest.mark.parametrize("estimator", ["mean", "population"])
+def test_nnx_model_is_recalibrated_in_place_as_linen(estimator):
+    model, variables, batches = _setup(n_batches=3)
+    want = flax_to_torch_state_dict(jn.recalibrate_batch_stats(model, variables, batches, train=False,
+                                                                estimator=estimator))
+    nmodel = _nnx_twin(variables)
+    nmodel.eval()  # the InstanceNorm as linen's train=False; the BN layers are trained all the same
+    before = jn.nnx_to_torch_state_dict(nmodel)
+    assert jn.recalibrate_batch_stats(nmodel, batches, estimator=estimator) is nmodel  # in place
+    got = jn.nnx_to_torch_state_dict(nmodel)
+    assert set(got) == set(want)
+    for key in got:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
+        if not key.startswith(("bn1.running", "bn2.running", "bn1.num", "bn2.num")):
+            np.testing.assert_array_equal(got[key], before[key], err_msg=key)  # only the BN statistics change
+    assert int(got["bn1.num_batches_tracked"]) == 3 and not np.isnan(got["bn1.running_var"]).any()
+    assert nmodel.bn1.use_running_average is True and nmodel.bn1.momentum == 0.3  # the modes are left alone
+
+
+def _golden_bn_input(batches, mask=None):
+    """Per batch, the (C, values) float64 array a BatchNorm1d over (N, C, L) input normalizes (valid values only)."""
+    out = []
+    for x in batches:
+        x = np.asarray(x, np.float64)
+        valid = np.ones(x.shape, bool) if mask is None else np.broadcast_to(mask, x.shape)
+        out.append([x[:, c][valid[:, c]] for c in range(x.shape[1])])
+    return out
+
+
+def test_population_estimator_equals_float64_over_concatenated_batches():
+    rng = np.random.default_rng(5)
+    offset = np.array([1e3, -2e3, 5e2])[None, :, None]  # a naive float32 sum of squares cancels here
+    batches = [(rng.standard_normal((n, 3, 4)) * (1 + i) + offset).astype(np.float32) for i, n in enumerate((7, 16, 3))]
+    model = jnn.BatchNorm1d(3)
+    variables = model.init(jax.random.key(0), jnp.asarray(batches[0]), train=False)
+    per_batch = _golden_bn_input(batches)
+    pooled = [np.concatenate([b[c] for b in per_batch]) for c in range(3)]
+    want_mean, want_var = np.array([p.mean() for p in pooled]), np.array([p.var(ddof=1) for p in pooled])
+
+    population = jn.recalibrate_batch_stats(model, variables, batches, estimator="population")["batch_stats"]
+    nnx_bn = jx.BatchNorm1d(3)
+    jn.recalibrate_batch_stats(nnx_bn, batches, estimator="population")
+    for stats in (population, nnx.to_pure_dict(nnx.state(nnx_bn, nnx.BatchStat))):
+        np.testing.assert_allclose(stats["running_mean"], want_mean, rtol=1e-7, atol=2e-5)
+        np.testing.assert_allclose(stats["running_var"], want_var, rtol=2e-5)
+        assert int(stats["num_batches_tracked"]) == 3
+    # what the accumulation avoids: float32 sums of x and x^2 lose the variance at this offset
+    x32 = np.concatenate([b.transpose(1, 0, 2).reshape(3, -1) for b in batches], axis=1)
+    n = np.float32(x32.shape[1])
+    naive = (np.sum(x32 * x32, axis=1) - np.sum(x32, axis=1) ** 2 / n) / (n - 1)
+    assert np.max(np.abs(naive / want_var - 1)) > 1e-3
+
+    # the default estimator is unchanged: the mean of the per-batch unbiased variances, which differs here
+    mean = jn.recalibrate_batch_stats(model, variables, batches)["batch_stats"]
+    want_mean_var = np.mean([[b[c].var(ddof=1) for c in range(3)] for b in per_batch], axis=0)
+    np.testing.assert_allclose(mean["running_var"], want_mean_var, rtol=2e-5)
+    np.testing.assert_allclose(mean["running_mean"], np.mean([[b[c].mean() for c in range(3)] for b in per_batch], 0),
+                               rtol=1e-7, atol=2e-5)
+    assert not np.allclose(mean["running_var"], population["running_var"], rtol=0.02)
+
+
+@pytest.mark.parametrize("estimator", ["mean", "population"])
+def test_mask_is_honoured(estimator):
+    rng = np.random.default_rng(6)
+    batches = [rng.standard_normal((n, 3, 4)).astype(np.float32) * 2 + 1 for n in (5, 5)]
+    mask = rng.uniform(size=(1, 3, 4)) < 0.6
+    model = jnn.BatchNorm1d(3)
+    variables = model.init(jax.random.key(0), jnp.asarray(batches[0]), train=False)
+    stats = jn.recalibrate_batch_stats(model, variables, batches, estimator=estimator, mask=jnp.asarray(mask),
+                                       train=True)["batch_stats"]
+    per_batch = _golden_bn_input(batches, mask)
+    if estimator == "population":
+        pooled = [np.concatenate([b[c] for b in per_batch]) for c in range(3)]
+        want = [p.mean() for p in pooled], [p.var(ddof=1) for p in pooled]
+    else:
+        want = (np.mean([[b[c].mean() for c in range(3)] for b in per_batch], 0),
+                np.mean([[b[c].var(ddof=1) for c in range(3)] for b in per_batch], 0))
+    np.testing.assert_allclose(stats["running_mean"], want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["running_var"], want[1], rtol=1e-5)
+
+
+def test_estimator_and_nnx_errors():
+    model, variables, batches = _setup(n_batches=1)
+    with pytest.raises(ValueError, match=r"expected estimator to be one of \('mean', 'population'\), got 'median'"):
+        jn.recalibrate_batch_stats(model, variables, batches, estimator="median")
+    with pytest.raises(ValueError, match="at least one batch"):
+        jn.recalibrate_batch_stats(jx.BatchNorm1d(5), [])
+    with pytest.raises(ValueError, match="expected InstanceNorm1d to contain a jaxnorm BatchNorm"):
+        jn.recalibrate_batch_stats(jx.InstanceNorm1d(5, track_running_stats=True), [np.ones((2, 5, 4), np.float32)])
+    with pytest.raises(ValueError, match="expected BatchNorm1d to contain a jaxnorm BatchNorm"):  # none tracking
+        jn.recalibrate_batch_stats(jx.BatchNorm1d(5, track_running_stats=False), [np.ones((2, 5), np.float32)])
+    with pytest.raises(TypeError, match="expected a flax.linen or flax.nnx Module, got function"):
+        jn.recalibrate_batch_stats(lambda x: x, batches)

@@ -1,8 +1,11 @@
-"""Per-layer activation statistics of any Flax linen model — the lesson's per-layer std print, made general.
+"""Per-layer activation statistics of any Flax linen or NNX model — the lesson's per-layer std print, made general.
 
->>> stats = activation_stats(model, variables, x, train=False)
+>>> stats = activation_stats(model, variables, x, train=False)   # linen
+>>> stats = activation_stats(nnx_model, x)                        # NNX (the model's own mode; it is not modified)
 >>> print(format_table(stats))            # one row per module call, in execution order
 >>> stats.first_nonfinite                 # e.g. "fc7": the first layer whose output has NaN/inf
+
+(This module was ``jaxnorm.inspect``; it was renamed because that name shadows the standard library's ``inspect``.)
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import nnx
+
+from jaxnorm.nnx import _intercept_calls
 
 __all__ = ["LayerStats", "ActivationStats", "activation_stats", "format_table"]
 
@@ -101,15 +107,16 @@ def _captured(intermediates: Mapping[str, Any], path: tuple[str, ...]) -> tuple[
     return tuple(node.get("__call__", ())) if isinstance(node, Mapping) else ()
 
 
-def activation_stats(model: nn.Module, variables: Mapping[str, Any], x: Any, **apply_kwargs) -> ActivationStats:
-    """Mean, std, fraction of zeros and finiteness of every module's output for input ``x``.
+def _stats(order: Sequence[str], outputs: Mapping[str, Sequence[Any]]) -> ActivationStats:
+    """The rows of the named modules' captured outputs (one entry per call), in ``order``."""
+    rows = []
+    for path in order:
+        rows += _rows_for(path, outputs[path])
+    first = next((row.path for row in rows if not row.finite), None)
+    return ActivationStats(layers=tuple(rows), first_nonfinite=first)
 
-    Runs ``model.apply(variables, x, capture_intermediates=True, **apply_kwargs)`` eagerly (``x`` may
-    be any positional input the model takes) and reports one row per module ``__call__``, in the order
-    the calls returned, plus the first row whose output has a NaN or inf — where a diverging network
-    breaks. Training-mode runs (``train=True``) work too: ``batch_stats`` is made mutable, and the
-    updated statistics are discarded.
-    """
+
+def _linen_activation_stats(model: nn.Module, variables: Mapping[str, Any], x: Any, **apply_kwargs) -> ActivationStats:
     mutable = apply_kwargs.pop("mutable", False)
     if mutable is not True:  # keep the caller's mutable collections, add what capturing needs
         extra = [mutable] if isinstance(mutable, str) else list(mutable or [])
@@ -127,12 +134,58 @@ def activation_stats(model: nn.Module, variables: Mapping[str, Any], x: Any, **a
     with nn.intercept_methods(record):
         _, state = model.apply(variables, x, mutable=mutable, **apply_kwargs)
     intermediates = state.get("intermediates", {})
+    names = {path: ".".join(path) or ROOT for path in order}
+    return _stats(list(names.values()), {names[path]: _captured(intermediates, path) for path in order})
 
-    rows = []
-    for path in order:
-        rows += _rows_for(".".join(path) or ROOT, _captured(intermediates, path))
-    first = next((row.path for row in rows if not row.finite), None)
-    return ActivationStats(layers=tuple(rows), first_nonfinite=first)
+
+def _nnx_activation_stats(model: nnx.Module, *args: Any, **call_kwargs) -> ActivationStats:
+    copy = nnx.clone(model)  # a training-mode call updates BatchStats and RNG state in place: not the caller's
+    names = {id(m): ".".join(map(str, path)) or ROOT for path, m in nnx.iter_modules(copy)}
+    outputs: dict[str, list[Any]] = {}
+
+    def record(next_fun, module, args, kwargs):
+        out = next_fun(*args, **kwargs)
+        outputs.setdefault(names[id(module)], []).append(out)  # dict order = first completion: inner modules first
+        return out
+
+    with _intercept_calls({type(m) for _, m in nnx.iter_modules(copy)}, record):
+        copy(*args, **call_kwargs)
+    return _stats(list(outputs), outputs)
+
+
+def activation_stats(model: nn.Module | nnx.Module, *args: Any, **kwargs: Any) -> ActivationStats:
+    """Mean, std, fraction of zeros and finiteness of every module's output for one forward pass.
+
+    Two forms, by the kind of model:
+
+    - linen: ``activation_stats(model, variables, x, **apply_kwargs)`` runs ``model.apply(variables, x,
+      capture_intermediates=True, **apply_kwargs)``. Training-mode runs (``train=True``) work too:
+      ``batch_stats`` is made mutable, and the updated statistics are discarded.
+    - NNX: ``activation_stats(model, *inputs, **call_kwargs)`` runs ``model(*inputs, **call_kwargs)`` in the
+      model's current mode (``model.train()``/``model.eval()``, ``nnx.view``) on a copy (``nnx.clone``), so the
+      model itself is not modified (a training-mode pass updates only the copy's BatchStats and RNG state). Every
+      ``nnx.Module`` call is recorded; the row of a module at ``layers[0]`` is named ``layers.0``.
+
+    Both run eagerly and report one row per module call, in the order the calls returned (a module's row follows
+    those of the modules it calls; the model's own output, ``"(root)"``, comes last), plus the first row whose
+    output has a NaN or inf — where a diverging network breaks.
+
+    Args:
+      model: a Flax linen or NNX module.
+      *args: ``(variables, x)`` for linen; the positional inputs of the model for NNX.
+      **kwargs: passed to ``model.apply`` (linen) or to the model's call (NNX).
+
+    Returns:
+      :class:`ActivationStats`.
+
+    Raises:
+      TypeError: ``model`` is neither a linen nor an NNX module.
+    """
+    if isinstance(model, nnx.Module):
+        return _nnx_activation_stats(model, *args, **kwargs)
+    if isinstance(model, nn.Module):
+        return _linen_activation_stats(model, *args, **kwargs)
+    raise TypeError(f"expected a flax.linen or flax.nnx Module, got {type(model).__name__}")
 
 
 def format_table(stats: ActivationStats) -> str:

@@ -1,6 +1,7 @@
-"""jaxnorm.inspect.activation_stats / format_table on small models with known statistics and a known NaN layer.
+"""jaxnorm.activations.activation_stats / format_table on small models with known statistics and a known NaN layer.
 
-Goldens: the same forward pass recomputed with float64 NumPy from the parameters.
+Goldens: the same forward pass recomputed with float64 NumPy from the parameters; for NNX models, the linen rows on
+the same weights.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+import jaxnorm as jn
 import jaxnorm.linen as jnn
-from jaxnorm.inspect import ActivationStats, activation_stats, format_table
+import jaxnorm.nnx as jx
+from jaxnorm.activations import ActivationStats, activation_stats, format_table
+from jaxnorm.interop import flax_to_torch_state_dict
 
 
 class Block(nn.Module):
@@ -115,3 +120,71 @@ def test_extreme_scales_and_repeated_calls():
     np.testing.assert_allclose(stats["same[call 0]"].std, want * 1e-15, rtol=1e-5)
     np.testing.assert_allclose(stats["same[call 1]"].std, want, rtol=1e-5)
     assert stats.first_nonfinite is None
+
+
+# ------------------------------------------------------------------------------------------------
+# NNX models: activation_stats(model, x, **call_kwargs), the model's own mode, no side effects
+# ------------------------------------------------------------------------------------------------
+
+
+class NNXBlock(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(5, 6, rngs=rngs)
+
+    def __call__(self, x):
+        return nnx.relu(self.fc(x))
+
+
+class NNXLog(nnx.Module):
+    def __call__(self, x):
+        return jnp.log(x - 1.0)
+
+
+class NNXNet(nnx.Module):
+    """The NNX twin of Net (same names, so that weights move between them through a state dict)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.block, self.bn = NNXBlock(rngs), jx.BatchNorm1d(6)
+        self.bad, self.head = NNXLog(), nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.bad(self.bn(self.block(x))))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_nnx_model_rows_equal_linen(setup, train):
+    model, variables, x = setup
+    nmodel = jn.torch_to_nnx(flax_to_torch_state_dict(variables), nnx.eval_shape(lambda: NNXNet(nnx.Rngs(0))))
+    nmodel.train() if train else nmodel.eval()
+    stats = activation_stats(nmodel, x)
+    want = activation_stats(model, variables, x, train=train)
+    assert [row.path for row in stats.layers] == ["block.fc", "block", "bn", "bad", "head", "(root)"]
+    assert stats.first_nonfinite == want.first_nonfinite == "bad"
+    for row, want_row in zip(stats.layers, want.layers, strict=True):
+        assert (row.path, row.shape, row.dtype, row.finite) == (want_row.path, want_row.shape, want_row.dtype,
+                                                                want_row.finite)
+        np.testing.assert_allclose([row.mean, row.std, row.frac_zeros, row.max_abs],
+                                   [want_row.mean, want_row.std, want_row.frac_zeros, want_row.max_abs],
+                                   rtol=1e-5, atol=1e-6, err_msg=row.path)
+    assert int(nmodel.bn.num_batches_tracked[...]) == 0  # ran on a copy: a training-mode pass left no trace
+    # the mode decides the BN row (batch statistics: per-channel mean 0, biased std 1)
+    assert (abs(stats["bn"].mean) < 1e-6) == train
+
+
+def test_nnx_lists_repeated_calls_and_call_kwargs():
+    class Stack(nnx.Module):
+        def __init__(self):
+            self.layers = nnx.List([jx.LayerNorm(4), jx.RMSNorm(4, elementwise_affine=False)])
+            self.shared = jx.LayerNorm(4, elementwise_affine=False)
+
+        def __call__(self, x, *, scale):
+            for layer in self.layers:
+                x = layer(x)
+            return self.shared(self.shared(x) * scale)
+
+    x = jax.random.normal(jax.random.key(3), (8, 4)) * 5 + 2
+    stats = activation_stats(Stack(), x, scale=3.0)
+    assert [row.path for row in stats.layers] == ["layers.0", "layers.1", "shared[call 0]", "shared[call 1]", "(root)"]
+    np.testing.assert_allclose(stats["layers.1"].std, stats["layers.0"].std, rtol=1e-4)  # LN output is RMS-normal
+    with pytest.raises(TypeError, match="expected a flax.linen or flax.nnx Module, got function"):
+        activation_stats(lambda x: x, x)

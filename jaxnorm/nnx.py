@@ -1,0 +1,309 @@
+"""Flax NNX modules with ``torch.nn`` names and hyperparameters that adapt jaxnorm's pure functions.
+
+Parameters are ``nnx.Param`` attributes ``weight``/``bias`` (``None`` when the layer has none); running statistics are
+``nnx.BatchStat`` attributes ``running_mean``/``running_var`` (float32) and ``num_batches_tracked`` (int32 scalar),
+``None`` without ``track_running_stats``. So ``nnx.state(model, nnx.BatchStat)`` holds exactly PyTorch's buffers and
+``jaxnorm.nnx_to_torch_state_dict`` needs no renaming for these layers.
+
+The stateful layers (BatchNorm*, InstanceNorm*) follow NNX's mode switches as ``nnx.BatchNorm`` does: the attribute
+``use_running_average`` is set by ``model.train()`` (False) / ``model.eval()`` (True) and by
+``nnx.view(model, use_running_average=...)``, and a call may override it. With ``use_running_average=False`` a layer
+normalizes with the batch statistics and updates its BatchStats in place (under ``nnx.jit``/``nnx.grad`` too, as NNX
+propagates Variable updates); with ``True`` it uses the running statistics (batch statistics when it keeps none), as
+PyTorch's ``eval()`` does. Every module's ``__call__`` takes ``mask=`` (boolean, True = valid) as the pure functions.
+
+Bad constructor arguments raise the pure functions' errors (the checks of :mod:`jaxnorm._checks`), naming the class,
+e.g. ``BatchNorm2d: expected num_features >= 1, got 0``; bad inputs raise the pure functions' errors when called.
+Initial values are PyTorch's constants (ones and zeros), so ``rngs`` is accepted only so that these layers are built
+like every other NNX layer; it is not used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxnorm import _checks
+from jaxnorm._types import PARAM_KEYS, STATS_KEYS
+from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
+from jaxnorm.group_norm import _check_groups, group_norm, group_norm_init
+from jaxnorm.instance_norm import instance_norm_1d, instance_norm_2d, instance_norm_3d, instance_norm_init
+from jaxnorm.layer_norm import layer_norm, layer_norm_init, rms_norm, rms_norm_init
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+           "LayerNorm", "GroupNorm", "RMSNorm"]
+
+
+def _variable(kind: type[nnx.Variable], tree: Mapping[str, jax.Array], key: str, dtype=None):
+    """``kind(tree[key])`` (cast to ``dtype``), or a None data attribute when the layer has no such entry
+    (``nnx.data`` lets a later assignment store a Variable there, as in ``nnx.BatchNorm``)."""
+    if key not in tree:
+        return nnx.data(None)
+    return kind(tree[key] if dtype is None else tree[key].astype(dtype))
+
+
+def _values(module: nnx.Module, keys: Sequence[str]) -> dict[str, jax.Array]:
+    """The current values of the module's Variables among ``keys`` (absent ones are None and left out)."""
+    return {key: getattr(module, key)[...] for key in keys if getattr(module, key) is not None}
+
+
+class _Stateful(nnx.Module):
+    """Shared body of BatchNorm*/InstanceNorm*: gather the Variables, call the pure function, write the stats back.
+
+    Subclasses set ``_function`` (the rank-checked pure function) and ``_init`` (its ``*_init``).
+    """
+
+    _function = staticmethod(batch_norm)
+    _init = staticmethod(batch_norm_init)
+
+    def __init__(self, num_features: int, *, eps: float, momentum: float | None, affine: bool,
+                 track_running_stats: bool, axis: int, axis_name: Hashable | None, use_running_average: bool,
+                 param_dtype: Any):
+        _checks.check_num_features(type(self).__name__, num_features)
+        _checks.check_momentum(type(self).__name__, momentum)
+        params, stats = self._init(num_features, affine=affine, track_running_stats=track_running_stats)
+        self.weight = _variable(nnx.Param, params, "weight", param_dtype)
+        self.bias = _variable(nnx.Param, params, "bias", param_dtype)
+        self.running_mean = _variable(nnx.BatchStat, stats, "running_mean")
+        self.running_var = _variable(nnx.BatchStat, stats, "running_var")
+        self.num_batches_tracked = _variable(nnx.BatchStat, stats, "num_batches_tracked")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.axis = axis
+        self.axis_name = axis_name
+        self.use_running_average = use_running_average
+        self.param_dtype = param_dtype
+
+    def _options(self) -> dict[str, Any]:
+        """Keyword arguments of this family's pure function beyond the shared ones."""
+        return {}
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """Normalize ``x``; in training mode also update the running statistics in place.
+
+        Args:
+          x: the input, laid out as the layer's pure function expects (channels on ``axis``).
+          use_running_average: ``False``: batch statistics, and the BatchStats are updated (PyTorch's ``train()``);
+            ``True``: running statistics (PyTorch's ``eval()``). ``None``: the module's attribute.
+          mask: boolean, broadcastable to ``x``, True = valid (see the pure function).
+
+        Returns:
+          ``y`` with ``x``'s shape and dtype.
+
+        Raises:
+          TypeError: ``use_running_average`` is not a Python bool; and whatever the pure function raises.
+        """
+        if use_running_average is None:
+            use_running_average = self.use_running_average
+        if not isinstance(use_running_average, bool):
+            raise TypeError(f"{type(self).__name__}: expected use_running_average to be a Python bool (static under "
+                            f"jit), got {type(use_running_average).__name__}")
+        train = not use_running_average
+        y, new_stats = self._function(x, _values(self, PARAM_KEYS), _values(self, STATS_KEYS), train=train,
+                                      momentum=self.momentum, eps=self.eps, axis=self.axis, axis_name=self.axis_name,
+                                      mask=mask, **self._options())
+        if train:
+            for key, value in new_stats.items():
+                getattr(self, key)[...] = value
+        return y
+
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """Used by ``nnx.view(model, use_running_average=...)``, as ``nnx.BatchNorm.set_view``.
+
+        Args:
+          use_running_average: the new mode; ``None`` leaves it unchanged.
+        """
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+
+class _BatchNorm(_Stateful):
+    """``torch.nn.BatchNorm*d`` with jaxnorm's training-regime options; see :func:`jaxnorm.batch_norm`.
+
+    ``axis_name``/``axis_index_groups``: synchronized statistics inside ``nnx.vmap``/``shard_map``;
+    ``virtual_batch_size``: Ghost BN.
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, axis: int = 1, axis_name: Hashable | None = None,
+                 axis_index_groups: Sequence[Sequence[int]] | None = None, virtual_batch_size: int | None = None,
+                 use_running_average: bool = False, param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, axis=axis, axis_name=axis_name,
+                         use_running_average=use_running_average, param_dtype=param_dtype)
+        # a tuple of tuples: static attributes are part of the (hashed) graph definition under nnx.jit
+        self.axis_index_groups = _checks.check_axis_index_groups(type(self).__name__, axis_index_groups, axis_name)
+        self.virtual_batch_size = virtual_batch_size
+
+    def _options(self) -> dict[str, Any]:
+        return {"axis_index_groups": self.axis_index_groups, "virtual_batch_size": self.virtual_batch_size}
+
+
+class BatchNorm1d(_BatchNorm):
+    """``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L); see :func:`jaxnorm.batch_norm`."""
+
+    _function = staticmethod(batch_norm_1d)
+
+
+class BatchNorm2d(_BatchNorm):
+    """``torch.nn.BatchNorm2d``: input (N, C, H, W) (``axis=-1``: (N, H, W, C)); see :func:`jaxnorm.batch_norm`."""
+
+    _function = staticmethod(batch_norm_2d)
+
+
+class BatchNorm3d(_BatchNorm):
+    """``torch.nn.BatchNorm3d``: input (N, C, D, H, W); see :func:`jaxnorm.batch_norm`."""
+
+    _function = staticmethod(batch_norm_3d)
+
+
+class _InstanceNorm(_Stateful):
+    """``torch.nn.InstanceNorm*d`` (PyTorch's defaults ``affine=False``, ``track_running_stats=False``); see
+    :func:`jaxnorm.instance_norm`. Without running statistics both modes normalize per instance."""
+
+    _init = staticmethod(instance_norm_init)
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
+                 track_running_stats: bool = False, axis: int = 1, axis_name: Hashable | None = None,
+                 use_running_average: bool = False, param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, axis=axis, axis_name=axis_name,
+                         use_running_average=use_running_average, param_dtype=param_dtype)
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """``torch.nn.InstanceNorm1d``: input (C, L) or (N, C, L)."""
+
+    _function = staticmethod(instance_norm_1d)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """``torch.nn.InstanceNorm2d``: input (C, H, W) or (N, C, H, W)."""
+
+    _function = staticmethod(instance_norm_2d)
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """``torch.nn.InstanceNorm3d``: input (C, D, H, W) or (N, C, D, H, W)."""
+
+    _function = staticmethod(instance_norm_3d)
+
+
+class LayerNorm(nnx.Module):
+    """``torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)``; see :func:`jaxnorm.layer_norm`."""
+
+    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+        self.normalized_shape = _checks.normalized_shape_tuple(type(self).__name__, normalized_shape)
+        params = layer_norm_init(self.normalized_shape, elementwise_affine=elementwise_affine, bias=bias,
+                                 dtype=param_dtype)
+        self.weight = _variable(nnx.Param, params, "weight")
+        self.bias = _variable(nnx.Param, params, "bias")
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.param_dtype = param_dtype
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """``y`` of :func:`jaxnorm.layer_norm` over the trailing ``normalized_shape`` dims (``mask``: True = valid)."""
+        return layer_norm(x, _values(self, PARAM_KEYS), self.normalized_shape, eps=self.eps, mask=mask)
+
+
+class RMSNorm(nnx.Module):
+    """``torch.nn.RMSNorm(normalized_shape, eps=None, elementwise_affine)``; see :func:`jaxnorm.rms_norm`."""
+
+    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float | None = None,
+                 elementwise_affine: bool = True, param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+        self.normalized_shape = _checks.normalized_shape_tuple(type(self).__name__, normalized_shape)
+        params = rms_norm_init(self.normalized_shape, elementwise_affine=elementwise_affine, dtype=param_dtype)
+        self.weight = _variable(nnx.Param, params, "weight")
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.param_dtype = param_dtype
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """``y`` of :func:`jaxnorm.rms_norm` (``eps=None``: ``finfo(x.dtype).eps``; ``mask``: True = valid)."""
+        return rms_norm(x, _values(self, ("weight",)), self.normalized_shape, eps=self.eps, mask=mask)
+
+
+class GroupNorm(nnx.Module):
+    """``torch.nn.GroupNorm(num_groups, num_channels, eps, affine)``; ``axis=-1`` for channels-last."""
+
+    def __init__(self, num_groups: int, num_channels: int, *, eps: float = 1e-5, affine: bool = True, axis: int = 1,
+                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+        _check_groups(type(self).__name__, num_groups, num_channels)
+        params = group_norm_init(num_groups, num_channels, affine=affine, dtype=param_dtype)
+        self.weight = _variable(nnx.Param, params, "weight")
+        self.bias = _variable(nnx.Param, params, "bias")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        self.axis = axis
+        self.param_dtype = param_dtype
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """``y`` of :func:`jaxnorm.group_norm` (``mask``: True = valid)."""
+        return group_norm(x, _values(self, PARAM_KEYS), self.num_groups, eps=self.eps, axis=self.axis, mask=mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Intercepting module calls (for jaxnorm.recalibrate and jaxnorm.activations)
+# --------------------------------------------------------------------------------------------
+
+_Interceptor = Callable[[Callable[..., Any], nnx.Module, tuple, dict], Any]
+
+
+@contextlib.contextmanager
+def _intercept_calls(classes: Iterable[type[nnx.Module]], interceptor: _Interceptor) -> Iterator[None]:
+    """While active, calling an instance of one of ``classes`` runs ``interceptor(next_fun, module, args, kwargs)``,
+    where ``next_fun(*args, **kwargs)`` is the module's own ``__call__``.
+
+    NNX has no method interceptors (linen's ``nn.intercept_methods``), so ``__call__`` is replaced on the classes
+    for the duration, as ``nnx.capture`` does; this is process-global, so do not call the same classes from another
+    thread meanwhile. A call nested in an intercepted call of the *same* instance (``super().__call__`` reaching a
+    patched base class) is not intercepted again. Under ``jit`` the interception happens while tracing.
+    """
+    # Resolved through the MRO before any class is patched (``cls.__call__`` would find the metaclass's
+    # constructor on a class without one); classes whose instances are not callable are left alone.
+    originals = {}
+    for cls in dict.fromkeys(classes):
+        owner = next((base for base in cls.__mro__ if "__call__" in vars(base)), None)
+        if owner is not None:
+            originals[cls] = vars(owner)["__call__"]
+    owned = {cls: "__call__" in vars(cls) for cls in originals}
+    active: set[int] = set()
+
+    def patched(original):
+        @functools.wraps(original)
+        def call(module, *args, **kwargs):
+            if id(module) in active:
+                return original(module, *args, **kwargs)
+            active.add(id(module))
+            try:
+                return interceptor(functools.partial(original, module), module, args, kwargs)
+            finally:
+                active.discard(id(module))
+        return call
+
+    done = []
+    try:
+        for cls, original in originals.items():
+            cls.__call__ = patched(original)
+            done.append(cls)
+        yield
+    finally:
+        for cls in done:
+            if owned[cls]:
+                cls.__call__ = originals[cls]
+            else:
+                del cls.__call__

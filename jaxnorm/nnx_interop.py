@@ -1,0 +1,142 @@
+"""Whole Flax NNX models <-> PyTorch-style flat state dicts.
+
+The NNX counterpart of :func:`jaxnorm.flax_to_torch_state_dict` / :func:`jaxnorm.torch_to_flax_variables`, with the
+same key rules (kept in :mod:`jaxnorm.interop` and imported from there): a Variable's path in the model joined by
+``"."`` (list indices too: ``layers.0.weight``, as PyTorch's ``ModuleList``/``Sequential``), its last name renamed
+(``kernel``/``scale``/``embedding`` -> ``weight``, ``nnx.BatchNorm``'s ``mean``/``var`` -> ``running_mean``/
+``running_var``) and kernels transposed to PyTorch's layouts. jaxnorm's own NNX layers already use PyTorch's names.
+Only ``nnx.Param`` and ``nnx.BatchStat`` Variables are exported and loaded (PyTorch's parameters and buffers); RNG
+and optimizer state are not part of a PyTorch ``state_dict``.
+
+torch is never imported here: tensors are recognised by duck typing, as in :mod:`jaxnorm.interop`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxnorm.interop import _COUNTER, _leaf_perm, _to_numpy, _torch_key
+
+__all__ = ["nnx_to_torch_state_dict", "torch_to_nnx"]
+
+_EXPORTED = (nnx.Param, nnx.BatchStat)
+
+
+def _variables(model: nnx.Module) -> Iterator[tuple[tuple[str, ...], str, nnx.Variable]]:
+    """``(path, PyTorch key, Variable)`` for every Param and BatchStat of ``model`` (each shared Variable once).
+
+    Raises:
+      TypeError: ``model`` is not an NNX Module.
+      ValueError: two Variables map to the same PyTorch key.
+    """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"expected a flax.nnx.Module, got {type(model).__name__}")
+    seen: dict[str, str] = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, _EXPORTED)):
+        path = tuple(str(name) for name in path)
+        key = _torch_key(path)
+        if key in seen:
+            raise ValueError(f"two NNX Variables map to the PyTorch key {key!r}: {seen[key]} and {'/'.join(path)}")
+        seen[key] = "/".join(path)
+        yield path, key, variable
+
+
+def nnx_to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """An NNX model's parameters and buffers as a flat PyTorch-style state dict of NumPy arrays.
+
+    - ``nnx.Linear.kernel (in, out)`` -> ``weight (out, in)``;
+    - ``nnx.Conv.kernel (*k, in, out)`` -> ``weight (out, in, *k)`` (1, 2 or 3 spatial dims, grouped too);
+    - ``scale`` / ``embedding`` -> ``weight``; ``nnx.BatchNorm``'s ``mean`` / ``var`` -> ``running_mean`` /
+      ``running_var``;
+    - anything else (``bias``, the leaves of jaxnorm.nnx layers) keeps its name and array; ``num_batches_tracked``
+      becomes a 0-d int64, as PyTorch stores it.
+
+    E.g. a model with attributes ``conv1`` (``nnx.Conv``), ``bn1`` (``jaxnorm.nnx.BatchNorm2d``) and ``layers``
+    (an ``nnx.List`` of ``nnx.Linear``) gives ``conv1.weight, conv1.bias, bn1.weight, ..., bn1.running_mean, ...,
+    layers.0.weight, layers.0.bias, ...``. ``nnx.ConvTranspose`` kernels have another PyTorch layout and are not
+    supported. Note that ``nnx.BatchNorm``'s ``var`` is an average of *biased* batch variances (PyTorch's, and
+    jaxnorm's, are unbiased) and that it keeps no ``num_batches_tracked``.
+
+    Args:
+      model: an NNX Module.
+
+    Returns:
+      ``{key: array}``: writable NumPy copies, in the order of ``nnx.state`` (sorted by path); load them with
+      ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``.
+
+    Raises:
+      TypeError: ``model`` is not an NNX Module.
+      ValueError: two Variables map to the same PyTorch key (e.g. a module with both ``kernel`` and ``weight``), or
+        a kernel of rank < 2.
+    """
+    out: dict[str, np.ndarray] = {}
+    for path, key, variable in _variables(model):
+        value = np.array(variable.get_value(), dtype=np.int64 if path[-1] == _COUNTER else None)
+        perm = _leaf_perm(path, value.ndim)
+        out[key] = np.ascontiguousarray(value.transpose(perm)) if perm else value
+    return out
+
+
+def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bool = True) -> nnx.Module:
+    """Load a PyTorch-style state dict into an NNX model **in place** (as ``torch_model.load_state_dict`` and
+    ``nnx.update`` do); the inverse of :func:`nnx_to_torch_state_dict`.
+
+    Every ``nnx.Param``/``nnx.BatchStat`` of ``model`` is read from ``state_dict[key]`` (key and transpose as in
+    :func:`nnx_to_torch_state_dict`), checked against the Variable's shape and cast to its dtype
+    (``num_batches_tracked`` int64 -> int32). All entries are checked before any Variable is written, so a failed
+    load leaves the model unchanged. The arrays are copies: a later in-place update of the torch tensors does not
+    reach the model. The model may be abstract, ``nnx.eval_shape(lambda: Model(rngs=nnx.Rngs(0)))``, so that no
+    initializer runs for values that are overwritten anyway; every Variable outside the state dict (RNG state, ...)
+    then stays abstract.
+
+    Args:
+      state_dict: ``torch_model.state_dict()`` (tensors on any device) or a dict of NumPy/JAX arrays.
+      model: the NNX model to load into (concrete or abstract); it fixes the keys, shapes and dtypes.
+      strict: also fail on state-dict entries the model has no Variable for (PyTorch's ``strict=True``).
+        ``num_batches_tracked`` entries are never required to be matched (``nnx.BatchNorm`` keeps no counter), and
+        a counter missing from the state dict loads as 0, as PyTorch does for checkpoints older than 0.4.1.
+
+    Returns:
+      ``model`` itself (loaded in place), for chaining: ``model = torch_to_nnx(sd, Model(rngs=nnx.Rngs(0)))``.
+
+    Raises:
+      TypeError: ``state_dict`` is not a mapping, or ``model`` not an NNX Module.
+      ValueError: missing (or, with ``strict``, unexpected) keys, or a shape that does not match (the message names
+        both shapes).
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    loads, used, missing = [], set(), []
+    for path, key, variable in _variables(model):
+        if key in state_dict:
+            used.add(key)
+            value = _to_numpy(state_dict[key])
+        elif path[-1] == _COUNTER:
+            value = np.zeros((), np.int64)
+        else:
+            missing.append(key)
+            continue
+        current = variable.get_value()  # an array, or a ShapeDtypeStruct in an abstract model
+        shape = tuple(current.shape)
+        perm = _leaf_perm(path, len(shape))
+        expected = tuple(shape[i] for i in perm) if perm else shape
+        if value.shape != expected:
+            raise ValueError(f"state dict entry {key!r}: expected shape {expected} (NNX {'/'.join(path)} of shape "
+                             f"{shape}), got {value.shape}")
+        if perm:
+            value = value.transpose(np.argsort(perm))
+        loads.append((variable, jnp.array(value, dtype=current.dtype)))  # a copy: see interop._to_numpy
+    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(_COUNTER))
+    problems = [f"missing keys {missing}"] if missing else []
+    if strict and unexpected:
+        problems.append(f"unexpected keys {unexpected} (strict=False ignores them)")
+    if problems:
+        raise ValueError("state dict does not match the model: " + "; ".join(problems))
+    for variable, value in loads:
+        variable.set_value(value)
+    return model
