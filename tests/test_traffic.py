@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxnorm as jn
-from experiments.benchmark import hlo_traffic
+from experiments.common.hlo import hlo_traffic
 
 pytestmark = pytest.mark.xla_exact
 
