@@ -75,9 +75,17 @@ _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR = 4.0
 
 
 def _plain_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array]:
-    """``(E[x], E[x²] − E[x]²)``: two plain sums with no broadcast operand (the fastest reductions on XLA:CPU)."""
-    mean = jnp.sum(_valid(x, mask), axis=reduce_axes, keepdims=True) / n
-    var = jnp.sum(_valid(jnp.square(x), mask), axis=reduce_axes, keepdims=True) / n - mean * mean
+    """``(E[x], E[x²] − E[x]²)``: two plain sums with no broadcast operand (the fastest reductions on XLA:CPU).
+
+    A mask enters as a 0/1 factor, not a ``where``: XLA:CPU fuses a product into the reduction but materializes a
+    select (2N more traffic). A non-finite value in the padding makes these sums non-finite, which fails the
+    conditioning test and so sends the batch to the shifted sums, which mask with ``where``.
+    """
+    x_m, x_m2 = x, x
+    if mask is not None:  # distinct factors: one shared product would be materialized for the two sums
+        x_m, x_m2 = x * mask.astype(x.dtype), x * _distinct(mask.astype(x.dtype), 3)
+    mean = jnp.sum(x_m, axis=reduce_axes, keepdims=True) / n
+    var = jnp.sum(jnp.square(x_m2), axis=reduce_axes, keepdims=True) / n - mean * mean
     return mean, var
 
 
@@ -87,23 +95,33 @@ def _fast_two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return hi, (a - hi) + b
 
 
+def _mask_count(mask: jax.Array, shape: Sequence[int], reduce_axes: Axes, dtype) -> jax.Array:
+    """Valid elements per group, summed on the mask's own (possibly broadcast) shape: a mask of shape (N, 1, 1)
+    for an input (N, C, L) costs a reduction over N, not over N·C·L."""
+    own = tuple(a for a in reduce_axes if mask.shape[a] > 1)
+    repeats = math.prod(shape[a] for a in reduce_axes if mask.shape[a] == 1)
+    count = jnp.sum(mask, axis=own, keepdims=True, dtype=dtype) * repeats
+    return jnp.broadcast_to(count, tuple(1 if a in reduce_axes else n for a, n in enumerate(shape)))
+
+
 def _first_valid(x: jax.Array, mask: jax.Array, reduce_axes: Axes) -> jax.Array:
     """``x`` at the first valid position (row-major over ``reduce_axes``) of each group; 0 where none is valid.
 
-    One reduction over the mask (the positions are generated, not read) and a gather of one element per group.
+    The position is found on the mask's own shape — along an axis the mask broadcasts over, the first index is as
+    valid as any — and ``x`` is read at one element per group (a gather).
     """
-    shape = x.shape
-    position = jnp.zeros(shape, jnp.int32)
-    for a in reduce_axes:
-        position = position * shape[a] + lax.broadcasted_iota(jnp.int32, shape, a)
-    size = group_size(shape, reduce_axes)
-    first = jnp.min(jnp.where(mask, position, size), axis=reduce_axes, keepdims=True)
-    stats_shape, rest = first.shape, jnp.minimum(first, size - 1)
-    index = {}
-    for a in reversed(reduce_axes):
-        index[a], rest = rest % shape[a], rest // shape[a]
-    indices = tuple(index[a] if a in index else lax.broadcasted_iota(jnp.int32, stats_shape, a)
-                    for a in range(x.ndim))
+    stats_shape = tuple(1 if a in reduce_axes else n for a, n in enumerate(x.shape))
+    own = tuple(a for a in reduce_axes if mask.shape[a] > 1)
+    position = jnp.zeros(mask.shape, jnp.int32)
+    for a in own:
+        position = position * mask.shape[a] + lax.broadcasted_iota(jnp.int32, mask.shape, a)
+    size = group_size(mask.shape, own)
+    first = jnp.broadcast_to(jnp.min(jnp.where(mask, position, size), axis=own, keepdims=True), stats_shape)
+    index, rest = {}, jnp.minimum(first, size - 1)
+    for a in reversed(own):
+        index[a], rest = rest % mask.shape[a], rest // mask.shape[a]
+    indices = tuple(index.get(a, jnp.zeros(stats_shape, jnp.int32)) if a in reduce_axes
+                    else lax.broadcasted_iota(jnp.int32, stats_shape, a) for a in range(x.ndim))
     return jnp.where(first < size, x[indices], jnp.zeros((), x.dtype))
 
 
@@ -165,7 +183,7 @@ def local_moments(x: jax.Array, reduce_axes: Axes, mask: jax.Array | None = None
         n = group_size(x.shape, reduce_axes)
         count = jnp.asarray(n, x.dtype)
     else:
-        count = jnp.sum(jnp.broadcast_to(mask, x.shape), axis=reduce_axes, keepdims=True, dtype=x.dtype)
+        count = _mask_count(mask, x.shape, reduce_axes, x.dtype)
         n = jnp.maximum(count, 1)  # a group without valid elements gets mean 0, variance 0
     if not center:
         mean_square = jnp.sum(_valid(jnp.square(x), mask), axis=reduce_axes, keepdims=True) / n
@@ -367,37 +385,55 @@ def _normalize_jvp(spec: Spec, primals, tangents):
     """
     x, weight, bias, mask, renorm = primals
     outputs, (x32, st, inv_std, scale, r, d) = _forward(spec, x, weight, bias, mask, renorm)
-    dtype = x32.dtype
-    u, dw, db = (_tangent_or_none(t, dtype) for t in tangents[:3])
+    u, dw, db = (_tangent_or_none(t, x32.dtype) for t in tangents[:3])
     n = jnp.maximum(st.count, 1) if mask is not None else st.count
-    axes, center = spec.reduce_axes, spec.center
 
     def x_hat(tag):  # a full-size x̂ recomputed by the one pass that uses it
         hi, lo, i = _distinct((st.hi, st.lo, inv_std), tag)
-        return _valid(_x_hat(x32, hi, lo, i, center), mask)
+        return _valid(_x_hat(x32, hi, lo, i, spec.center), mask)
 
     u = None if u is None else _valid(u, mask)
-    t1 = None if u is None or not center else jnp.sum(u, axis=axes, keepdims=True)
-    t2 = None if u is None else jnp.sum(u * x_hat(3), axis=axes, keepdims=True)
-    if _shared_axes(spec, x32, weight, bias, r):  # c₁, c₂ constant along shared axes: the factored form
-        a_i = _mul(scale, inv_std)
-        c1 = _add(db, _both(dw, d), None if t1 is None else -a_i * t1 / n)
-        c2 = _add(_mul(dw, r), None if t2 is None else -a_i * t2 / n)
-        dy = _add(None if u is None else a_i * u, c1, None if c2 is None else x_hat(4) * c2)
-    else:  # LayerNorm / RMSNorm: parameters vary along the reduced axes
-        def a_i(tag):
-            s, i = _distinct((scale, inv_std), tag)
-            return _mul(s, i)
-
-        dy = _add(None if u is None else a_i(5) * u, None if t1 is None else -a_i(6) * t1 / n,
-                  None if t2 is None else -x_hat(7) * a_i(8) * t2 / n,
-                  None if dw is None else x_hat(9) * _mul(dw, r), db, _both(dw, d))
+    t1 = None if u is None or not spec.center else jnp.sum(u, axis=spec.reduce_axes, keepdims=True)
+    t2 = None if u is None else jnp.sum(u * x_hat(3), axis=spec.reduce_axes, keepdims=True)
+    terms = (x_hat, u, t1, t2, n, scale, inv_std, dw, db, r, d)
+    if _shared_axes(spec, x32, weight, bias, r):
+        dy = _factored_tangent(*terms, mask)
+    else:
+        dy = _unfactored_tangent(*terms)
+        dy = None if dy is None else _valid(dy, mask)
     y, mean, var, count = outputs
     zero = jnp.zeros_like
-    dy = zero(y) if dy is None else _valid(jnp.broadcast_to(dy, y.shape), mask)
+    dy = zero(y) if dy is None else jnp.broadcast_to(dy, y.shape)
     d_mean = zero(mean) if t1 is None else t1 / n
     d_var = zero(var) if t2 is None else 2.0 * t2 / (n * inv_std)
     return outputs, (dy, d_mean, d_var, zero(count))
+
+
+def _factored_tangent(x_hat, u, t1, t2, n, scale, inv_std, dw, db, r, d, mask):
+    """``a·i·u + c₁ + x̂·c₂`` with ``c₁, c₂`` constant along the shared axes (BN, IN, GN), 0 off the mask.
+
+    The mask enters as a 0/1 factor of ``c₁`` (``u`` and ``x̂`` are already 0 there), not as a final ``where``: the
+    transpose then reduces ``g·m``, which XLA:CPU fuses into the reduction, instead of a materialized select.
+    """
+    a_i = _mul(scale, inv_std)
+    c1 = _add(db, _both(dw, d), None if t1 is None else -a_i * t1 / n)
+    c2 = _add(_mul(dw, r), None if t2 is None else -a_i * t2 / n)
+    if c1 is not None and mask is not None:
+        c1 = c1 * mask.astype(c1.dtype)
+    return _add(None if u is None else a_i * u, c1, None if c2 is None else x_hat(4) * c2)
+
+
+def _unfactored_tangent(x_hat, u, t1, t2, n, scale, inv_std, dw, db, r, d):
+    """LayerNorm / RMSNorm, whose parameters vary along the reduced axes: every term full-size, each with its own
+    barriered copy of the small factors (four full-size sums in the transpose)."""
+
+    def a_i(tag):
+        s, i = _distinct((scale, inv_std), tag)
+        return _mul(s, i)
+
+    return _add(None if u is None else a_i(5) * u, None if t1 is None else -a_i(6) * t1 / n,
+                None if t2 is None else -x_hat(7) * a_i(8) * t2 / n,
+                None if dw is None else x_hat(9) * _mul(dw, r), db, _both(dw, d))
 
 
 _normalize_local.defjvp(_normalize_jvp, symbolic_zeros=True)
