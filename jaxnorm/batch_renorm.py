@@ -87,7 +87,7 @@ def renorm_clip_schedule(step, *, r_max: float = 3.0, d_max: float = 5.0, warmup
     """
     step = jnp.asarray(step, jnp.float32)
 
-    def ramp(start, end, final):
-        return jnp.clip((step - start) / max(end - start, 1), 0.0, 1.0) * final
+    def ramp(start, end, final):  # the step counts may be traced too
+        return jnp.clip((step - start) / jnp.maximum(end - start, 1), 0.0, 1.0) * final
 
     return 1.0 + ramp(warmup_steps, r_max_steps, r_max - 1.0), ramp(warmup_steps, d_max_steps, d_max)

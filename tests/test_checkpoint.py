@@ -1,4 +1,4 @@
-"""experiments.checkpoint: atomic writes, checksums, and falling back past corrupt or partial files."""
+"""experiments.common.checkpoint: atomic writes, checksums, and falling back past corrupt or partial files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import checkpoint as ck
-from experiments.checkpoint import CheckpointError, CheckpointWarning
+from experiments.common import checkpoint as ck
+from experiments.common.checkpoint import CheckpointError, CheckpointWarning
 
 
 def _state(scale=1.0):

@@ -1,4 +1,4 @@
-"""experiments.data: both folder layouts, CIFAR-10 batches, colour modes, crops, and every data fault.
+"""experiments.common.images: both folder layouts, CIFAR-10 batches, colour modes, crops, and every data fault.
 
 All images are written by the tests (tiny, solid colours, so the expected normalized values are known exactly
 from the ImageNet mean/std: a solid image stays solid through any resize). The CLI fault tests run
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import data
-from experiments.data import DataError, DataWarning
+from experiments.common import images as data
+from experiments.common.images import DataError, DataWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = np.array([0.485, 0.456, 0.406])

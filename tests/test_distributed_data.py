@@ -1,4 +1,4 @@
-"""experiments.distributed: per-process data split, mesh and batch-sharding errors, multi-host flags.
+"""experiments.common.devices: per-process data split, mesh and batch-sharding errors, multi-host flags.
 
 Most tests run in this process (one CPU device). Two need more devices and run this file as a
 script in subprocesses (``--shard-errors``: 4 forced host devices; ``--multiprocess``: one of two
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # when run as a script for the subprocess checks
     sys.path.insert(0, str(ROOT))
 
-from experiments import distributed as dist  # noqa: E402
+from experiments.common import devices as dist  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- process_slice

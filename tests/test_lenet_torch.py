@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxnorm as jn
-from experiments.models import LeNet, LeNetBN
+from experiments.common.models import LeNet, LeNetBN
 from jaxnorm.interop import flax_to_torch_state_dict, torch_to_flax_variables
 
 FOLDS = (("conv1", "bn1"), ("conv2", "bn2"), ("fc1", "bn3"))  # (layer, the BN that follows it)

@@ -17,6 +17,7 @@ save. Damage after the fact (a truncated copy, a flipped bit) fails the length o
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import struct
@@ -24,8 +25,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-# flax (and with it jax) is imported inside the functions: the CLI imports this module for its error types
-# before the heavy imports, so that image decoding can start first.
+import jax
+import numpy as np
+from flax import serialization
+
+from experiments.common.training import epoch_keys
 
 MAGIC = b"JNCKPT01"
 _HEADER = len(MAGIC) + 8 + 32
@@ -47,8 +51,6 @@ def checkpoint_path(directory: str | os.PathLike, epoch: int) -> Path:
 
 def encode(payload: dict[str, Any]) -> bytes:
     """Header + checksum + msgpack of ``payload`` (a pytree of arrays / ints / strings / dicts)."""
-    from flax import serialization
-
     body = serialization.msgpack_serialize(serialization.to_state_dict(payload))
     return MAGIC + struct.pack("<Q", len(body)) + hashlib.sha256(body).digest() + body
 
@@ -63,8 +65,6 @@ def decode(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
         raise CheckpointError(f"{source} is partial: {len(body)} of {length} payload bytes")
     if hashlib.sha256(body).digest() != digest:
         raise CheckpointError(f"{source} is corrupt: checksum mismatch")
-    from flax import serialization
-
     try:
         return serialization.msgpack_restore(body)
     except Exception as e:  # noqa: BLE001 -- a valid checksum over bad msgpack is still a bad file; name it
@@ -129,14 +129,11 @@ def load_latest(directory: str | os.PathLike) -> tuple[dict[str, Any], Path] | N
 
 def restore(template: Any, raw: Any) -> Any:
     """Put the raw (state-dict) contents of a checkpoint into the structure of ``template``."""
-    import jax
-    import numpy as np
-    from flax import serialization
-
     try:
         restored = serialization.from_state_dict(template, raw)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint does not match this model/optimizer: {e}") from None
+
     def sig(a):  # arrays and jax.ShapeDtypeStruct templates alike
         return tuple(np.shape(a)), np.dtype(getattr(a, "dtype", None) or np.asarray(a).dtype)
 
@@ -149,3 +146,39 @@ def restore(template: Any, raw: Any) -> Any:
             bad = next((w, g) for w, g in zip(want, got, strict=True) if w != g)
         raise CheckpointError(f"checkpoint does not match this model/optimizer: expected {bad[0]}, got {bad[1]}")
     return restored
+
+
+# ------------------------------------------------------------------------------------------- training runs
+def save_epoch(directory: str | os.PathLike, epoch: int, state: Any, history: list, nan_at, meta: dict,
+               seed: int) -> Path:
+    """Checkpoint a training run after ``epoch``: state, history, the NaN report, the run's settings (``meta``,
+    checked on resume) and the data PRNG state of the next epoch (so a resume with another seed is refused)."""
+    data_key = jax.random.key_data(epoch_keys(seed, epoch + 1)[0])
+    payload = {"state": jax.device_get(state), "epoch": epoch, "rng_next_epoch": np.asarray(data_key),
+               "history": json.dumps(history), "nan_at": json.dumps(nan_at), "meta": json.dumps(meta)}
+    return save_checkpoint(directory, epoch, payload)
+
+
+def resume(directory: str | os.PathLike, template: Any, meta: dict, seed: int):
+    """``(state, next epoch, history, nan_at, path)`` from the newest usable checkpoint, or None if there is none.
+
+    Raises :class:`CheckpointError` when the checkpoint belongs to a run with other settings or another seed.
+    """
+    found = load_latest(directory)
+    if found is None:
+        return None
+    raw, path = found
+    try:
+        got = json.loads(raw["meta"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path} has no readable run settings") from None
+    diff = {k: (got.get(k), v) for k, v in meta.items() if got.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"{path} is from a different run ({what}); use another --checkpoint-dir")
+    epoch = int(raw["epoch"])
+    if not np.array_equal(np.asarray(raw["rng_next_epoch"]), jax.random.key_data(epoch_keys(seed, epoch + 1)[0])):
+        raise CheckpointError(f"{path}: saved PRNG state does not match seed {seed}")
+    nan_at = json.loads(raw["nan_at"])
+    return (restore(template, raw["state"]), epoch + 1, json.loads(raw["history"]),
+            tuple(nan_at) if nan_at else None, path)

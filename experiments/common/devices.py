@@ -5,7 +5,9 @@ JAX is the distributed engine; nothing here communicates by itself. The pieces:
 * :func:`make_mesh` — a 1-D :class:`jax.sharding.Mesh` over the first ``n`` devices, axis ``"data"``.
 * :func:`batch_sharding` / :func:`replicated` — ``NamedSharding`` for "split the leading (batch) axis
   over ``data``" and "a full copy on every device" (parameters, optimizer state, BN running stats).
-* :func:`shard_batch` — place a host batch (any pytree of arrays) on the mesh, batch-sharded.
+* :func:`shard_batch` — place a host batch (any pytree of arrays) on the mesh, batch-sharded;
+  :func:`put_global_batch` — the same from the *global* batch every process holds; :func:`replicate` — a
+  pytree copied to every device.
 * :func:`process_slice` — which contiguous part of the dataset one process (host) reads.
 * :func:`add_distributed_args` / :func:`maybe_initialize` — ``--coordinator-address``,
   ``--num-processes``, ``--process-id`` (or the ``JAX_*`` environment variables) and the
@@ -24,6 +26,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -110,6 +113,46 @@ def shard_batch(mesh: Mesh, batch: Any) -> Any:
         return jax.device_put(leaf, sharding)
 
     return jax.tree.map(place, batch)
+
+
+def put_global_batch(mesh: Mesh | None, batch: Any, axis: int = 0) -> Any:
+    """Place a *global* batch (the same on every process) with axis ``axis`` split over ``data``.
+
+    Without a mesh: plain device arrays. With several processes each one hands over only the rows its own devices
+    hold (:func:`process_slice`), and ``jax.make_array_from_process_local_data`` assembles the global array.
+    """
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, batch)
+    spec = P(*([None] * axis), DATA_AXIS)
+    sharding = NamedSharding(mesh, spec)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+
+    def local(leaf):
+        leaf = np.asarray(leaf)
+        part = process_slice(leaf.shape[axis], jax.process_index(), jax.process_count())
+        return jax.make_array_from_process_local_data(sharding, leaf[(slice(None),) * axis + (part,)], leaf.shape)
+
+    return jax.tree.map(local, batch)
+
+
+def replicate(mesh: Mesh | None, tree: Any) -> Any:
+    """A pytree (parameters, optimizer state, running statistics) as a full copy on every device of ``mesh``.
+
+    Every process holds the same values (same seed, same data order); with several processes the global array is
+    built from each one's local copy (``device_put`` would first cross-check every leaf between processes).
+    """
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf):
+        local = np.asarray(leaf)
+        return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
+
+    return jax.tree.map(put, tree)
 
 
 def process_slice(num_examples: int, process_index: int, process_count: int, *, drop_remainder: bool = False) -> slice:

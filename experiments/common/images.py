@@ -13,15 +13,17 @@ Normalization, per channel c, with x in [0, 1] (the pixel value / 255)::
 
     x_hat[c] = (x[c] - mean[c]) / std[c],   mean = (0.485, 0.456, 0.406),  std = (0.229, 0.224, 0.225)
 
-Sources
--------
-* ``load_folder(DIR)``: ``DIR/train/<class>/*`` and ``DIR/valid/<class>/*`` (torchvision ImageFolder layout,
-  classes sorted by name) or Kaggle's flat naming ``DIR/train/cat.1.jpg``, ``DIR/valid/dog.7.jpg`` (the class
-  is the file name up to the first dot).
-* ``load_cifar10(DIR)``: the CIFAR-10 "python version" batches (``data_batch_1..5`` for training,
-  ``test_batch`` for validation), keeping only cat (label 3) -> 0 and dog (label 5) -> 1.
-* ``synthetic_dataset(seed)``: two classes of generated images (horizontal vs vertical stripes under noise), so
-  the experiment runs on a fresh machine with nothing downloaded. It is labelled SYNTHETIC everywhere it shows.
+Sources (``--data``)
+--------------------
+* nothing: the **embedded photos** ``data/cats_dogs_32.npz``: the 700 Kaggle Dogs vs. Cats photos of
+  ``../shared/data/cats_dogs`` already decoded and resized to 32x32 by ``scripts/make_embedded_photos.py`` with
+  :func:`read_folder` (the same decoding as a folder), so a fresh clone trains on real photos with nothing to fetch.
+* ``synthetic``: :func:`synthetic_dataset`, two classes of generated images (horizontal vs vertical stripes under
+  noise) for tests and offline demos, labelled SYNTHETIC everywhere it shows.
+* a folder: :func:`load_folder`, ``DIR/train/<class>/*`` and ``DIR/valid/<class>/*`` (torchvision ImageFolder
+  layout, classes sorted by name) or Kaggle's flat naming ``DIR/train/cat.1.jpg`` (the class is the file name up
+  to the first dot); or the CIFAR-10 "python version" batches (:func:`load_cifar10`, cat vs dog).
+* a ``.npz`` file written like the embedded one (:func:`load_arrays`).
 
 Every problem with the data raises :class:`DataError` (a ``ValueError``) with a one-line message that names the
 offending path; unreadable images are skipped with a :class:`DataWarning` each, unless more than
@@ -30,6 +32,7 @@ offending path; unreadable images are skipped with a :class:`DataWarning` each, 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -222,19 +225,24 @@ def _check_split(root: Path, name: str) -> Path:
     return split_dir
 
 
-def load_folder(root: str | os.PathLike) -> Dataset:
-    """Load ``root/train`` and ``root/valid`` (ImageFolder or Kaggle flat layout); see the module docstring.
+@dataclass
+class Photos:
+    """Decoded, resized images as uint8 NHWC (what the embedded file stores) and integer labels."""
 
-    Raises :class:`DataError` for a missing path, no train/valid split, an empty split, fewer than two classes
-    in train, validation classes unknown to train, or too many unreadable images.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"data path does not exist: {root}")
-    if not root.is_dir():
-        raise DataError(f"data path is not a directory: {root}")
-    if cifar_dir(root) is not None:
-        return load_cifar10(root)
+    train_x: np.ndarray
+    train_y: np.ndarray
+    valid_x: np.ndarray
+    valid_y: np.ndarray
+    classes: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    def normalized(self, source: str) -> Dataset:
+        return Dataset(normalize_uint8(self.train_x), self.train_y, normalize_uint8(self.valid_x), self.valid_y,
+                       self.classes, source, self.skipped)
+
+
+def _folder_paths(root: Path) -> tuple[dict[str, list[tuple[Path, int]]], list[str]]:
+    """``({split: [(path, label)]}, classes)`` of an image folder, checking its layout."""
     train_dir, valid_dir = _check_split(root, "train"), _check_split(root, "valid")
     train, valid = list_split(train_dir), list_split(valid_dir)
     for split_dir, files in ((train_dir, train), (valid_dir, valid)):
@@ -247,20 +255,71 @@ def load_folder(root: str | os.PathLike) -> Dataset:
     unknown = sorted(set(valid) - set(classes))
     if unknown:
         raise DataError(f"classes {unknown} in {valid_dir} are not in {train_dir} (classes {classes})")
-    paths = {s: [(p, classes.index(c)) for c in classes for p in d.get(c, [])]
-             for s, d in (("train", train), ("valid", valid))}
+    return {s: [(p, classes.index(c)) for c in classes for p in d.get(c, [])]
+            for s, d in (("train", train), ("valid", valid))}, classes
+
+
+def read_folder(root: str | os.PathLike) -> Photos:
+    """Decode an image folder (see the module docstring) to 32x32 uint8 photos.
+
+    Raises :class:`DataError` for a missing path, no train/valid split, an empty split, fewer than two classes
+    in train, validation classes unknown to train, or too many unreadable images.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data path does not exist: {root}")
+    if not root.is_dir():
+        raise DataError(f"data path is not a directory: {root}")
+    paths, classes = _folder_paths(root)
     all_paths = [p for s in ("train", "valid") for p, _ in paths[s]]
     images, keep, bad = decode_files(all_paths, root)
     labels = np.array([y for s in ("train", "valid") for _, y in paths[s]], np.int32)[keep]
     is_train = (keep < len(paths["train"]))
-    ds = Dataset(normalize_uint8(images[is_train]), labels[is_train], normalize_uint8(images[~is_train]),
-                 labels[~is_train], classes, f"folder {root}", [str(p) for p in bad])
-    for split, y, d in (("train", ds.train_y, train_dir), ("valid", ds.valid_y, valid_dir)):
+    photos = Photos(images[is_train], labels[is_train], images[~is_train], labels[~is_train], classes,
+                    [str(p) for p in bad])
+    for split, y in (("train", photos.train_y), ("valid", photos.valid_y)):
         if len(y) == 0:
-            raise DataError(f"no readable images left in {d}")
+            raise DataError(f"no readable images left in {root / split}")
         if split == "train" and len(np.unique(y)) < 2:
-            raise DataError(f"need at least 2 classes with readable images in {d}")
-    return ds
+            raise DataError(f"need at least 2 classes with readable images in {root / split}")
+    return photos
+
+
+def load_folder(root: str | os.PathLike) -> Dataset:
+    """:func:`read_folder` (or :func:`load_cifar10` for a folder of CIFAR-10 batches), normalized."""
+    root = Path(root)
+    if root.is_dir() and cifar_dir(root) is not None:
+        return load_cifar10(root)
+    return read_folder(root).normalized(f"folder {root}")
+
+
+# ------------------------------------------------------------------------------------------------ embedded
+EMBEDDED = Path(__file__).resolve().parents[2] / "data" / "cats_dogs_32.npz"
+EMBEDDED_LABEL = "embedded photos (700 Kaggle Dogs vs. Cats photos at 32x32, data/cats_dogs_32.npz)"
+
+
+def save_arrays(photos: Photos, path: str | os.PathLike, **provenance: str) -> Path:
+    """Write photos as one compressed ``.npz`` of uint8 arrays (and string provenance fields)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, train_x=photos.train_x, train_y=photos.train_y, valid_x=photos.valid_x,
+                        valid_y=photos.valid_y, classes=np.asarray(photos.classes),
+                        **{k: np.asarray(v) for k, v in provenance.items()})
+    return path
+
+
+def load_arrays(path: str | os.PathLike = EMBEDDED, source: str | None = None) -> Dataset:
+    """Photos saved by :func:`save_arrays` (default: the embedded set), normalized."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such photo array file: {path}")
+    try:
+        with np.load(path) as f:
+            photos = Photos(f["train_x"], f["train_y"].astype(np.int32), f["valid_x"], f["valid_y"].astype(np.int32),
+                            [str(c) for c in f["classes"]])
+    except (KeyError, ValueError, OSError) as e:
+        raise DataError(f"{path} is not a photo array file ({type(e).__name__}: {e})") from None
+    return photos.normalized(source or f"photo arrays {path}")
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR-10
@@ -342,8 +401,21 @@ def synthetic_dataset(seed: int = 1, n_train: int = 160, n_valid: int = 40) -> D
     return Dataset(tx, ty, vx, vy, ["horizontal", "vertical"], SYNTHETIC_LABEL)
 
 
+def fingerprint(ds: Dataset) -> str:
+    """A short hash of a dataset's arrays (a checkpoint records it: resuming on other data is refused)."""
+    h = hashlib.sha256()
+    for a in (ds.train_x, ds.train_y, ds.valid_x, ds.valid_y):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_dataset(data: str | os.PathLike | None, seed: int = 1) -> Dataset:
-    """``--data`` semantics: None -> :func:`synthetic_dataset`; a CIFAR-10 folder; else :func:`load_folder`."""
+    """``--data`` semantics: None -> the embedded photos; ``"synthetic"`` -> :func:`synthetic_dataset`; a ``.npz``
+    file -> :func:`load_arrays`; a folder -> :func:`load_folder` (image folder or CIFAR-10 batches)."""
     if data is None:
+        return load_arrays(EMBEDDED, EMBEDDED_LABEL)
+    if str(data) == "synthetic":
         return synthetic_dataset(seed)
+    if str(data).endswith(".npz"):
+        return load_arrays(data)
     return load_folder(data)

@@ -1,4 +1,5 @@
-"""The lesson's LeNet and LeNet_bn in Flax linen, channels-last (NHWC) with PyTorch-compatible parameters.
+"""The lesson's LeNet and LeNet_bn in Flax linen, channels-last (NHWC) with PyTorch-compatible parameters, and the
+same LeNet with another normalization in place of BN (the small-batch study).
 
 Layout choice: inputs are NHWC ``(N, 32, 32, 3)`` because that is Flax's (and XLA's CPU) native convolution
 layout; BatchNorm2d therefore normalizes over ``axis=-1``. To keep the parameters one-to-one with PyTorch's
@@ -6,7 +7,8 @@ layout; BatchNorm2d therefore normalizes over ``axis=-1``. To keep the parameter
 in PyTorch's ``view(N, -1)`` order (c, h, w) and ``fc1.kernel == fc1.weight.T``. Conv kernels are Flax's
 ``(kh, kw, in, out)`` (= PyTorch's ``weight.permute(2, 3, 1, 0)``).
 
-Submodule names are PyTorch's: ``conv1, conv2, fc1, fc2, fc3`` and, in LeNetBN, ``bn1, bn2, bn3``.
+Submodule names are PyTorch's: ``conv1, conv2, fc1, fc2, fc3`` and, in LeNet_bn, ``bn1, bn2, bn3`` (``norm1..3``
+for the other normalizations).
 
 Initializations (``LeNet.init_scheme``):
 
@@ -16,21 +18,27 @@ Initializations (``LeNet.init_scheme``):
   fan_out))), linear weights N(0, 1), every bias 0. N(0, 1) on a 400-input layer gives pre-activations with
   std ~ sqrt(400) = 20x the input's, which is why this configuration can diverge.
 
-LeNetBN uses the PyTorch defaults for its conv/linear layers (the lesson does not call initialize_weights for
-it) and BN weight 1, bias 0.
+The normalized models use the PyTorch defaults for their conv/linear layers (the lesson does not call
+initialize_weights for LeNet_bn) and norm weight 1, bias 0.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from flax import nnx
 
 import jaxnorm.init as jinit
 import jaxnorm.linen as jnn
+import jaxnorm.nnx as jnnx
 
 INIT_SCHEMES = ("plain", "init")
+CONFIGS = ("plain", "init", "bn")  # the lesson's three runs
+NORMS = ("none", "bn", "renorm", "gn", "ln", "in")  # the small-batch study's
 # fan_in of every layer, for PyTorch's default bias bound 1/sqrt(fan_in): in_channels * 5 * 5 or in_features
 _FAN_IN = {"conv1": 3 * 25, "conv2": 6 * 25, "fc1": 16 * 5 * 5, "fc2": 120, "fc3": 84}
+# Groups of GroupNorm per layer (the GN paper's 32 groups exceed LeNet's 6 and 16 channels): 2-3 channels a group.
+_GN_GROUPS = {6: 3, 16: 8, 120: 40}
 
 
 def _inits(name: str, scheme: str, conv: bool):
@@ -58,12 +66,12 @@ def _check_input(x):
         raise ValueError(f"LeNet expects NHWC input of shape (N, 32, 32, 3), got {tuple(x.shape)}")
 
 
-def _flatten_like_torch(x):
+def flatten_like_torch(x):
     """(N, H, W, C) -> (N, C*H*W) in PyTorch's NCHW ``view(N, -1)`` order, so fc1 maps 1:1 to PyTorch."""
     return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
 
 
-def _pool(x):
+def pool(x):
     """2x2 max pool, stride 2 (F.max_pool2d(x, 2)), as a reshape + max.
 
     Same forward values as ``nn.max_pool``; written this way because XLA:CPU lowers the gradient of
@@ -75,51 +83,86 @@ def _pool(x):
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def _normalize(norm: str, index: int, features: int, x, train: bool, mask, clips):
+    """``norm`` (one of :data:`NORMS` but "none") applied to conv (NHWC) or fc (N, C) features ``x``.
+
+    ``mask``: (N,) bool, True for the real examples of a padded batch; the batch statistics use those only.
+    """
+    conv = x.ndim == 4
+    name = f"bn{index}" if norm == "bn" else f"norm{index}"
+    m = None if mask is None else mask.reshape((-1,) + (1,) * (x.ndim - 1))
+    if norm in ("bn", "renorm"):
+        layer = ((jnn.BatchNorm2d(features, axis=-1, name=name) if conv else jnn.BatchNorm1d(features, name=name))
+                 if norm == "bn" else jnn.BatchRenorm(features, axis=-1, name=name))
+        extra = {} if norm == "bn" or clips is None else {"r_max": clips[0], "d_max": clips[1]}
+        return layer(x, train=train, mask=m, **extra)
+    if norm == "gn":
+        return jnn.GroupNorm(_GN_GROUPS[features], features, axis=-1, name=name)(x)
+    if norm == "ln":
+        return jnn.LayerNorm(x.shape[1:], name=name)(x)
+    if norm == "in":  # per-sample statistics over the spatial axes; fc features have none, so fc1 stays plain
+        return jnn.InstanceNorm2d(features, affine=True, axis=-1, name=name)(x, train=train) if conv else x
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
 class LeNet(nn.Module):
-    """conv(3->6,5) relu pool, conv(6->16,5) relu pool, fc 400->120 relu, 120->84 relu, 84->classes."""
+    """conv(3->6,5) [norm] relu pool, conv(6->16,5) [norm] relu pool, fc 400->120 [norm] relu, 120->84 relu,
+    84->classes. ``norm="none"`` is the lesson's LeNet, ``"bn"`` its LeNet_bn (BN before each ReLU); call with
+    ``train=True`` and ``mutable=["batch_stats"]`` to train a model with running statistics."""
 
     classes: int = 2
     init_scheme: str = "plain"
+    norm: str = "none"
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False):  # ``train`` unused: same signature as LeNetBN
-        del train
+    def __call__(self, x, *, train: bool = False, mask=None, clips=None):
         _check_input(x)
         s = self.init_scheme
-        x = _pool(nn.relu(_conv("conv1", 6, s)(x)))
-        x = _pool(nn.relu(_conv("conv2", 16, s)(x)))
-        x = _flatten_like_torch(x)
-        x = nn.relu(_dense("fc1", 120, s)(x))
+
+        def normed(index, features, h):
+            return h if self.norm == "none" else _normalize(self.norm, index, features, h, train, mask, clips)
+
+        x = pool(nn.relu(normed(1, 6, _conv("conv1", 6, s)(x))))
+        x = pool(nn.relu(normed(2, 16, _conv("conv2", 16, s)(x))))
+        x = nn.relu(normed(3, 120, _dense("fc1", 120, s)(flatten_like_torch(x))))
         x = nn.relu(_dense("fc2", 84, s)(x))
         return _dense("fc3", self.classes, s)(x)
 
 
-class LeNetBN(nn.Module):
-    """LeNet with BatchNorm after conv1 (bn1), conv2 (bn2) and fc1 (bn3), each before its ReLU (the lesson's
-    LeNet_bn). Call with ``train=True`` and ``mutable=["batch_stats"]`` to train."""
-
-    classes: int = 2
-
-    @nn.compact
-    def __call__(self, x, *, train: bool = False):
-        _check_input(x)
-        x = _conv("conv1", 6, "plain")(x)
-        x = _pool(nn.relu(jnn.BatchNorm2d(6, axis=-1, name="bn1")(x, train=train)))
-        x = _conv("conv2", 16, "plain")(x)
-        x = _pool(nn.relu(jnn.BatchNorm2d(16, axis=-1, name="bn2")(x, train=train)))
-        x = _flatten_like_torch(x)
-        x = nn.relu(jnn.BatchNorm1d(120, name="bn3")(_dense("fc1", 120, "plain")(x), train=train))
-        x = nn.relu(_dense("fc2", 84, "plain")(x))
-        return _dense("fc3", self.classes, "plain")(x)
+def LeNetBN(classes: int = 2) -> LeNet:  # noqa: N802 -- the lesson's class name
+    """The lesson's LeNet_bn: BatchNorm after conv1 (bn1), conv2 (bn2) and fc1 (bn3), each before its ReLU."""
+    return LeNet(classes, norm="bn")
 
 
-CONFIGS = ("plain", "init", "bn")
-
-
-def make_model(config: str, classes: int = 2) -> nn.Module:
-    """The model of an experiment config: ``plain``/``init`` -> LeNet, ``bn`` -> LeNetBN."""
+def make_model(config: str, classes: int = 2) -> LeNet:
+    """The model of an experiment config: ``plain``/``init`` -> LeNet with that init, ``bn`` -> LeNet_bn."""
     if config == "bn":
-        return LeNetBN(classes=classes)
+        return LeNetBN(classes)
     if config in INIT_SCHEMES:
-        return LeNet(classes=classes, init_scheme=config)
+        return LeNet(classes, init_scheme=config)
     raise ValueError(f"config must be one of {CONFIGS}, got {config!r}")
+
+
+class NnxLeNet(nnx.Module):
+    """The lesson's LeNet (``bn=False``) or LeNet_bn (``bn=True``) as a Flax NNX module with jaxnorm.nnx BatchNorm:
+    the same layers, names and layout as :class:`LeNet`, so the two load each other's weights through PyTorch's
+    state-dict names. Its parameters start as NNX's initializers draw them; the experiments copy a linen init in."""
+
+    def __init__(self, classes: int = 2, *, bn: bool = False, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(3, 6, (5, 5), padding="VALID", rngs=rngs)
+        self.conv2 = nnx.Conv(6, 16, (5, 5), padding="VALID", rngs=rngs)
+        self.fc1, self.fc2 = nnx.Linear(400, 120, rngs=rngs), nnx.Linear(120, 84, rngs=rngs)
+        self.fc3 = nnx.Linear(84, classes, rngs=rngs)
+        self.bn = bn
+        if bn:
+            self.bn1, self.bn2 = jnnx.BatchNorm2d(6, axis=-1), jnnx.BatchNorm2d(16, axis=-1)
+            self.bn3 = jnnx.BatchNorm1d(120)
+
+    def __call__(self, x, *, mask=None):
+        _check_input(x)
+        m4, m2 = (None, None) if mask is None else (mask.reshape(-1, 1, 1, 1), mask.reshape(-1, 1))
+        norm = (lambda layer, h, m: layer(h, mask=m)) if self.bn else (lambda layer, h, m: h)
+        x = pool(nnx.relu(norm(getattr(self, "bn1", None), self.conv1(x), m4)))
+        x = pool(nnx.relu(norm(getattr(self, "bn2", None), self.conv2(x), m4)))
+        x = nnx.relu(norm(getattr(self, "bn3", None), self.fc1(flatten_like_torch(x)), m2))
+        return self.fc3(nnx.relu(self.fc2(x)))

@@ -1,0 +1,146 @@
+"""The training step of a model as pure functions of one state pytree, for Flax linen and Flax NNX.
+
+Both front-ends give the epoch loop (:mod:`experiments.common.training`) the same :class:`Task`: the state is a
+pytree the loop can place on devices, donate, checkpoint and restore, whatever the API that made it.
+
+* linen: ``{"params", "batch_stats", "opt_state"}``; ``model.apply`` with ``mutable=["batch_stats"]``.
+* NNX: the ``nnx.state`` of ``(model, nnx.Optimizer(model, tx, wrt=nnx.Param))``; each step merges it into
+  modules, takes ``nnx.value_and_grad`` with respect to the ``nnx.Param`` s and ``optimizer.update`` s them, and
+  splits the result again (the functional pattern of ``nnx.split``/``nnx.merge`` inside ``jax.jit``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import jaxnorm as jn
+from experiments.common import models
+from experiments.common.compile import jit_run_once
+from experiments.common.training import State, Task, cross_entropy, init_key
+
+
+def _eval_sums(logits, y, mask):
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum((jnp.argmax(logits, -1) == y) & mask)
+
+
+def linen_task(model, tx: optax.GradientTransformation, sample_x, *, init_model=None,
+               call_options: Callable[[State], dict] | None = None) -> Task:
+    """A linen model trained with ``tx``, initialized by ``init_model`` (default: ``model``; LeNet's ``init``
+    config differs from ``plain`` only there, so both share one compiled step); ``call_options(state)`` adds keyword
+    arguments to the training call (the small-batch study's renorm clips)."""
+
+    def initial(seed):
+        variables = (init_model or model).init(init_key(seed), sample_x, train=False)
+        params = variables["params"]
+        return {"params": params, "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(params)}
+
+    def variables(params, batch_stats):
+        return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+    def train_step(state, x, y, mask):
+        options = {} if call_options is None else call_options(state)
+
+        def loss_fn(params):
+            logits, updates = model.apply(variables(params, state["batch_stats"]), x, train=True, mask=mask,
+                                          mutable=["batch_stats"], **options)
+            loss, correct = cross_entropy(logits, y, mask)
+            return loss, (correct, updates.get("batch_stats", {}))
+
+        (loss, (correct, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new = {**state, "params": optax.apply_updates(state["params"], updates), "batch_stats": batch_stats,
+               "opt_state": opt_state}
+        return new, (loss, correct)
+
+    def eval_step(state, x, y, mask):
+        return _eval_sums(model.apply(variables(state["params"], state["batch_stats"]), x, train=False), y, mask)
+
+    return Task(jit_run_once(initial), train_step, eval_step, lambda: jax.eval_shape(initial, 0))
+
+
+def update_count(state: State):
+    """Number of optimizer updates so far (optax's SGD schedule count) of a linen state."""
+    return optax.tree_utils.tree_get(state["opt_state"], "count")
+
+
+def _nnx_parts(config: str, classes: int, tx: optax.GradientTransformation | None):
+    """``(graphdef, abstract state)`` of an NNX LeNet (and its optimizer, when ``tx`` is given)."""
+
+    def build():
+        model = models.NnxLeNet(classes, bn=config == "bn", rngs=nnx.Rngs(0))
+        return model if tx is None else (model, nnx.Optimizer(model, tx, wrt=nnx.Param))
+
+    return nnx.split(nnx.eval_shape(build))
+
+
+def _merge(graphdef, abstract, pure: dict):
+    state = jax.tree.map(lambda a: a, abstract)  # a copy: replace_by_pure_dict fills it in place
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+
+def nnx_task(config: str, classes: int, tx: optax.GradientTransformation, sample_x) -> Task:
+    """A LeNet config as NNX modules trained with ``nnx.Optimizer``; the state is the pure dict of ``(model,
+    optimizer)``. The initial weights are the linen init's (copied through PyTorch's names), so for the same seed
+    an NNX run starts where the linen run starts."""
+    graphdef, abstract = _nnx_parts(config, classes, tx)
+
+    def init(seed):
+        init_linen = jit_run_once(functools.partial(models.make_model(config, classes).init, train=False))
+        variables = init_linen(init_key(seed), sample_x)
+        model = nnx.eval_shape(lambda: models.NnxLeNet(classes, bn=config == "bn", rngs=nnx.Rngs(0)))
+        jn.torch_to_nnx(jn.flax_to_torch_state_dict(variables), model)
+        return nnx.to_pure_dict(nnx.state((model, nnx.Optimizer(model, tx, wrt=nnx.Param))))
+
+    def train_step(state, x, y, mask):
+        model, optimizer = _merge(graphdef, abstract, state)
+        model.train()
+
+        def loss_fn(model):
+            return cross_entropy(model(x, mask=mask), y, mask)
+
+        (loss, correct), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return nnx.to_pure_dict(nnx.state((model, optimizer))), (loss, correct)
+
+    def eval_step(state, x, y, mask):
+        model, _ = _merge(graphdef, abstract, state)
+        model.eval()
+        return _eval_sums(model(x), y, mask)
+
+    return Task(init, train_step, eval_step, lambda: nnx.to_pure_dict(abstract))
+
+
+def nnx_to_linen(config: str, state: State, classes: int = 2) -> dict:
+    """Linen variables of an NNX LeNet state (through PyTorch's state-dict names, which both APIs share)."""
+    graphdef, abstract = _nnx_parts(config, classes, None)
+    model = _merge(graphdef, abstract, jax.device_get(state)[0])
+    template = jax.eval_shape(lambda: models.make_model(config, classes).init(init_key(0), jnp.zeros((1, 32, 32, 3)),
+                                                                              train=False))
+    return jn.torch_to_flax_variables(jn.nnx_to_torch_state_dict(model), template)
+
+
+def lenet_variables(config: str, state: State, api: str, classes: int = 2) -> dict:
+    """Linen variables (``params``, ``batch_stats``) of a LeNet config's training state, from either API."""
+    if api == "nnx":
+        return nnx_to_linen(config, state, classes)
+    return {"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})}
+
+
+def lenet_bn_variables(state: State, api: str, classes: int = 2) -> dict:
+    return lenet_variables("bn", state, api, classes)
+
+
+def with_lenet_batch_stats(state: State, batch_stats: dict, api: str) -> State:
+    """The training state with LeNet_bn's running statistics replaced (linen ``batch_stats`` naming)."""
+    if api == "nnx":  # the model's part of the pure dict holds each BN's BatchStats under the same names
+        model = {**state[0], **{name: {**state[0][name], **stats} for name, stats in batch_stats.items()}}
+        return {**state, 0: model}
+    return {**state, "batch_stats": batch_stats}

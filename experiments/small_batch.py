@@ -1,0 +1,207 @@
+"""Why LayerNorm, InstanceNorm and GroupNorm exist: BatchNorm when the batch is small.
+
+    python -m experiments.small_batch            # the full study (about 10 minutes on 2 cores)
+    python -m experiments.small_batch --quick    # the same shape, one epoch on part of the data (about 1 minute)
+
+BatchNorm normalizes with the statistics of the batch, which become noisy when the batch is small, and then
+differ from the running statistics used at test time; GroupNorm's paper (Wu & He 2018, Figure 1) shows BN's error
+rising sharply below ~16 images per batch while GN's, which normalizes each example on its own, stays flat. This
+study is that figure in miniature: LeNet on the cat/dog photos at batch sizes 2, 4, 8, 16 and 32, the learning
+rate scaled linearly with the batch size from the lesson's 0.01 at 16 (the GN paper's rule), the same number of
+epochs at every size, with
+
+* ``none`` -- the lesson's LeNet; ``bn`` -- LeNet_bn; ``renorm`` -- Batch Renormalization in its place (clips
+  relaxed from BN to r_max 3, d_max 5 during the run, as ``jaxnorm.renorm_clip_schedule`` does over the paper's
+  steps, here scaled to the run's length);
+* ``gn`` -- GroupNorm (2-3 channels per group), ``ln`` -- LayerNorm over each example's (H, W, C), ``in`` --
+  InstanceNorm after the convolutions (fc1 has no spatial axes to normalize over, so it stays plain).
+
+Every (norm, batch size) trains ``--seeds`` networks at once (``vmap`` over seeds: one compiled program per norm,
+shared by every batch size — batches are padded to the largest size and masked, so BN sees exactly the batch's
+real images). Writes ``small_batch.json`` (final validation accuracy and training loss per norm, batch size and
+seed) and ``small_batch.png`` (mean ± std over seeds against batch size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxnorm as jn
+from experiments.common import images, models, plots, steps, training
+
+NORMS = models.NORMS
+BATCH_SIZES = (2, 4, 8, 16, 32)
+BASE_LR, BASE_BATCH, MOMENTUM = 0.01, 16, 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    norms: tuple[str, ...] = NORMS
+    batch_sizes: tuple[int, ...] = BATCH_SIZES
+    seeds: int = 3
+    epochs: int = 8
+    train_images: int | None = None  # a subset of the training set (--quick)
+    data: str | None = None
+    out: Path = Path("results/small_batch")
+
+
+# ------------------------------------------------------------------------------------------------ 1. data
+def load_data(study: Study) -> images.Dataset:
+    data = images.load_dataset(study.data)
+    if study.train_images:  # the first n of a random permutation: both classes, whatever the file's order
+        keep = np.random.default_rng(0).permutation(len(data.train_y))[:study.train_images]
+        data = dataclasses.replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
+    return data
+
+
+# ------------------------------------------------------------------------------------ 2. model and optimizer
+def make_task(norm: str, data: images.Dataset) -> training.Task:
+    """LeNet with ``norm``, SGD + momentum with the learning rate as a state entry (set per batch size), and for
+    renorm the clip schedule read from the state (its step counts depend on the run's length)."""
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=BASE_LR, momentum=MOMENTUM)
+
+    def clips(state):
+        return {"clips": jn.renorm_clip_schedule(steps.update_count(state), warmup_steps=state["schedule"][0],
+                                                 r_max_steps=state["schedule"][1], d_max_steps=state["schedule"][2])}
+
+    return steps.linen_task(models.LeNet(len(data.classes), norm=norm), tx, data.train_x[:1],
+                            call_options=clips if norm == "renorm" else None)
+
+
+def start_states(task: training.Task, study: Study, batch_size: int, updates: int):
+    """One initial state per seed (seeds 1..n), with the learning rate for ``batch_size`` and the renorm schedule:
+    plain BN for the first 5 % of the updates, r_max relaxed to 3 by 40 % and d_max to 5 by 25 % of them (the
+    paper's 5k / 40k / 25k steps of its run, scaled)."""
+    states = jax.vmap(task.init)(jnp.arange(1, study.seeds + 1))
+    opt = states["opt_state"]
+    lr = jnp.full((study.seeds,), BASE_LR * batch_size / BASE_BATCH)
+    schedule = jnp.tile(jnp.asarray([0.05, 0.4, 0.25]) * updates, (study.seeds, 1))
+    return {**states, "opt_state": opt._replace(hyperparams={**opt.hyperparams, "learning_rate": lr}),
+            "schedule": schedule}
+
+
+# ------------------------------------------------------------------------------------------- 3. training
+def compile_programs(task: training.Task):
+    """``(step, evaluate)`` vmapped over seeds; the training set stays on the device and each step gathers its
+    batch by index (a padded batch of ``capacity`` with a mask)."""
+
+    def step(state, train_x, train_y, idx, mask, offsets):
+        return training.make_step(task)(state, train_x[idx], train_y[idx], mask, offsets)
+
+    def evaluate(state, x, y):
+        return task.eval_step(state, x, y, jnp.ones(len(y), bool))
+
+    vstep = jax.jit(jax.vmap(step, in_axes=(0, None, None, 0, 0, 0)), donate_argnums=0)
+    return vstep, jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
+
+
+def train(task, programs, data, study: Study, batch_size: int, capacity: int) -> dict[str, list[float]]:
+    """Train ``study.seeds`` networks at ``batch_size`` for ``study.epochs``; final valid accuracy and train loss."""
+    vstep, evaluate = programs
+    n = len(data.train_y)
+    updates = study.epochs * training.steps_per_epoch(n, batch_size)
+    state = start_states(task, study, batch_size, updates)
+    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+    losses = []
+    for epoch in range(study.epochs):
+        orders = [training.epoch_order(seed, epoch, n) for seed in range(1, study.seeds + 1)]
+        per_seed = [training.padded_batches(order, batch_size) for order, _ in orders]
+        epoch_losses = []
+        for k in range(len(per_seed[0])):
+            idx = np.stack([np.resize(b[k][0], capacity) for b in per_seed])
+            mask = np.stack([np.arange(capacity) < b[k][1].sum() for b in per_seed])
+            offsets = np.stack([np.resize(off[k * batch_size:(k + 1) * batch_size], (capacity, 2))
+                                for _, off in orders])
+            state, (loss, _) = vstep(state, train_x, train_y, idx, mask, offsets)
+            epoch_losses.append(loss)
+        losses = np.mean(jax.device_get(epoch_losses), axis=0)  # the last epoch's mean batch loss per seed
+    _, correct = jax.device_get(evaluate(state, jnp.asarray(data.valid_x), jnp.asarray(data.valid_y)))
+    return {"valid_acc": (np.asarray(correct) / len(data.valid_y)).tolist(), "train_loss": losses.tolist()}
+
+
+def run_norm(norm: str, data, study: Study, log) -> dict[int, dict]:
+    t0 = time.perf_counter()
+    task, capacity = make_task(norm, data), max(study.batch_sizes)
+    programs = compile_programs(task)
+    out = {b: train(task, programs, data, study, b, capacity) for b in study.batch_sizes}
+    accs = ", ".join(f"{b}: {100 * np.mean(r['valid_acc']):.1f}%" for b, r in out.items())
+    log(f"{norm:>6}: valid accuracy by batch size {accs} ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 4. summary, plot
+def summarize(results: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """Per norm: mean and std over seeds at each batch size, and the accuracy lost from the largest to the smallest
+    batch (what the GN paper's figure is about)."""
+    table = {}
+    for norm, by_batch in results.items():
+        rows = {b: {k: (float(np.mean(v)), float(np.std(v))) for k, v in r.items()} for b, r in by_batch.items()}
+        small, large = min(rows), max(rows)
+        table[norm] = {"rows": rows, "drop_small_vs_large": rows[large]["valid_acc"][0] - rows[small]["valid_acc"][0]}
+    return table
+
+
+def conclusions(table: dict[str, dict]) -> list[str]:
+    """Statements derived from the numbers (whatever they are)."""
+    lines = []
+    for norm in ("bn", "gn", "ln"):
+        if norm in table:
+            lines.append(f"{norm}: valid accuracy drops by {100 * table[norm]['drop_small_vs_large']:.1f} points from "
+                         f"the largest to the smallest batch")
+    if "bn" in table and "gn" in table:
+        worse = table["bn"]["drop_small_vs_large"] > table["gn"]["drop_small_vs_large"]
+        lines.append(f"BN degrades more than GN at small batches: {'yes' if worse else 'no'}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m experiments.small_batch", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Study.out, help="output folder (default %(default)s)")
+    p.add_argument("--data", default=None, help="as experiments.lenet's --data (default: the embedded photos)")
+    p.add_argument("--quick", action="store_true", help="one epoch on 192 training images: the full run's shape")
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs (default {Study.epochs}, 1 with --quick)")
+    p.add_argument("--seeds", type=int, default=Study.seeds, help="networks per point (default %(default)s)")
+    p.add_argument("--norms", nargs="+", choices=NORMS, default=list(NORMS), help="norms to compare")
+    args = p.parse_args(argv)
+    if args.seeds < 1 or (args.epochs is not None and args.epochs < 1):
+        p.error("--seeds and --epochs must be >= 1")
+    study = Study(norms=tuple(args.norms), seeds=args.seeds, data=args.data, out=args.out,
+                  epochs=args.epochs or (1 if args.quick else Study.epochs), train_images=192 if args.quick else None)
+    return run(study)
+
+
+def run(study: Study, log=print) -> dict:
+    """The study; writes small_batch.json and small_batch.png into ``study.out`` and returns what it wrote."""
+    t0 = time.perf_counter()
+    data = load_data(study)
+    log(f"data: {data.describe()}; batch sizes {study.batch_sizes}, {study.epochs} epochs, {study.seeds} seeds")
+    results = {norm: run_norm(norm, data, study, log) for norm in study.norms}
+    table = summarize(results)
+    report = {"settings": {**{k: v for k, v in dataclasses.asdict(study).items() if k != "out"},
+                           "data_source": data.source, "base_lr": BASE_LR, "base_batch": BASE_BATCH},
+              "results": {n: {str(b): r for b, r in by.items()} for n, by in results.items()},
+              "summary": {n: {"rows": {str(b): r for b, r in t["rows"].items()},
+                              "drop_small_vs_large": t["drop_small_vs_large"]} for n, t in table.items()},
+              "conclusions": conclusions(table), "seconds": round(time.perf_counter() - t0, 1)}
+    study.out.mkdir(parents=True, exist_ok=True)
+    (study.out / "small_batch.json").write_text(json.dumps(report, indent=1))
+    plots.plot_small_batch(table, study.out / "small_batch.png",
+                           f"LeNet on {data.source}: {study.epochs} epochs, lr 0.01 x batch/16, mean ± std over "
+                           f"{study.seeds} seeds")
+    for line in report["conclusions"]:
+        log(line)
+    log(f"wrote {study.out / 'small_batch.json'} and small_batch.png in {report['seconds']} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()
