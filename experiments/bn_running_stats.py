@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import jaxnorm as jn
+from experiments.common import lesson
 
 MOMENTUM = 0.3
 BATCH = 3
@@ -34,15 +35,7 @@ ITERATIONS = 2
 # name -> (num_features, per-channel feature shape), as in the lesson.
 DEMOS = {"bn1d": (5, (1,)), "bn2d": (6, (2, 2)), "bn3d": (4, (2, 2, 3))}
 
-# What the lesson printed (BatchNorm1d; the 2d/3d demos print only shapes).
-LESSON = {
-    "bn1d": {"running_mean": [[0.3, 0.6, 0.9, 1.2, 1.5], [0.51, 1.02, 1.53, 2.04, 2.55]],
-             "running_var": [[0.7] * 5, [0.49] * 5],
-             "hand_feature2": [{"running_mean": 0.6, "running_var": 0.7},
-                               {"running_mean": 1.02, "running_var": 0.48999999999999994}]},
-    "bn2d": {"shape": [6]},
-    "bn3d": {"shape": [4]},
-}
+LESSON = lesson.BN_RUNNING_STATS  # what the lesson printed
 
 
 def demo_input(num_features: int, feature_shape: tuple[int, ...], batch: int = BATCH) -> np.ndarray:

@@ -12,7 +12,8 @@ batch 16 with the last, smaller batch kept, 10 epochs, seed 1, RandomCrop(32, pa
 
 Writes into ``--out``: ``metrics.json`` (``{config: [{"epoch", "train_loss", "train_acc", "valid_loss",
 "valid_acc"}, ...]}``, NaN as ``null``), ``curves.png``, ``timing.json`` (wall seconds split into data,
-compilation, training and evaluation, and the training throughput) and, when ``bn`` ran, ``bn_extras.json``
+compilation, training and evaluation, and the training throughput), ``run.json`` (the settings and the data
+used) and, when ``bn`` ran, ``bn_extras.json``
 (precise BN; the folded model's error with ``--export-folded``). ``--data synthetic`` trains on a generated
 two-class set instead (clearly labelled). Bad data, a checkpoint of another run, or flags that cannot work end
 with one ``lenet: error: ...`` line and exit status 2.
@@ -130,8 +131,10 @@ def write_outputs(cfg: RunConfig, data, results: dict, timer: training.Timer, wa
               "train_images": timer.images,
               "train_images_per_s": round(timer.images / max(timer.seconds.get("train", 0), 1e-9), 1)}
     (cfg.out / "timing.json").write_text(json.dumps(timing, indent=1))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    (cfg.out / "run.json").write_text(json.dumps({**settings, "data_source": data.source}, indent=1))
     plots.print_summary(metrics, nan_at, log)
-    log(f"wrote {cfg.out / 'metrics.json'}, curves.png, timing.json; wall {wall:.1f} s: data {seconds.get('data')}, "
+    log(f"wrote {cfg.out / 'metrics.json'}, curves.png, timing.json, run.json; wall {wall:.1f} s: data {seconds.get('data')}, "
         f"compile {seconds.get('compile')}, train {seconds.get('train')}, eval {seconds.get('eval')} s; "
         f"{timing['train_images_per_s']:.0f} training images/s")
     return metrics

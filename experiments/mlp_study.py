@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxnorm as jn
+from experiments.common import lesson
 
 CONFIGS = ("default", "normal", "kaiming", "bn_kaiming", "bn_default")
 # Which initializer and whether BN is used, per config.
@@ -67,31 +68,7 @@ _BN = {"default": False, "normal": False, "kaiming": False, "bn_kaiming": True, 
 
 LAYERS, WIDTH, BATCH, SEED = 100, 256, 16, 1
 
-# The stds the lesson (seed.md) printed: {config: {layer: std}}, and the layer of "output is nan in N layers".
-LESSON_STDS: dict[str, dict[int, float]] = {
-    "default": {0: 0.3342404067516327, 1: 0.13787388801574707, 2: 0.05783054977655411,
-                3: 0.02498556487262249, 4: 0.009679116308689117, 5: 0.0040797945111989975,
-                6: 0.0016723505686968565, 7: 0.000768698868341744, 93: 7.51512610937515e-38,
-                94: 2.6169094678434883e-38, 95: 1.1516209894049713e-38, 96: 4.344910860036386e-39,
-                97: 1.5943525511579185e-39, 98: 5.721221370145363e-40, 99: 2.4877251637158477e-40},
-    "normal": {0: 9.35224723815918, 1: 112.47123718261719, 2: 1322.805419921875, 3: 14569.419921875,
-               4: 154672.703125, 5: 1834037.125, 6: 18807968.0, 7: 209552880.0,
-               28: 3.221297392084588e30, 29: 3.530939139138446e31, 30: 4.525336236359181e32,
-               31: 4.714992054712809e33, 32: 5.369568386632447e34, 33: 6.712290740934239e35,
-               34: 7.451081630611702e36},
-    "kaiming": {0: 0.826629638671875, 1: 0.878681480884552, 2: 0.9134420156478882, 3: 0.8892467617988586,
-                4: 0.8344276547431946, 5: 0.87453693151474, 6: 0.792696475982666, 7: 0.7806451916694641,
-                92: 0.6094536185264587, 93: 0.6019036173820496, 94: 0.595414936542511, 95: 0.6624482870101929,
-                96: 0.6377813220024109, 97: 0.6079217195510864, 98: 0.6579239368438721,
-                99: 0.6668398976325989},
-    "bn_kaiming": {0: 0.5872595906257629, 1: 0.579325795173645, 2: 0.5757012367248535, 3: 0.5840616822242737,
-                   4: 0.5781518220901489, 5: 0.5856173634529114, 6: 0.5862171053886414,
-                   95: 0.5735476016998291, 96: 0.5807774662971497, 97: 0.5868753790855408,
-                   98: 0.5801646113395691, 99: 0.5738694667816162},
-    "bn_default": {0: 0.5751240849494934, 1: 0.5803307890892029, 2: 0.5825020670890808, 3: 0.5823132395744324,
-                   97: 0.5814812183380127, 98: 0.5802980661392212, 99: 0.5824452638626099},
-}
-LESSON_FIRST_NAN = {"normal": 35}
+LESSON_STDS, LESSON_FIRST_NAN = lesson.MLP_STDS, lesson.MLP_FIRST_NAN  # what the lesson printed
 
 DENORMAL_NOTE = ("note: XLA on CPU flushes denormal floats (|x| < 1.2e-38) to zero, so `default` reaches std 0 "
                  "in the last layers where PyTorch prints ~1e-40.")
@@ -364,32 +341,34 @@ def run(out_dir, *, configs: Sequence[str] = CONFIGS, layers: int = LAYERS, widt
         raise ValueError(f"mlp_study: expected configs from {CONFIGS}, got {bad}")
     if weights not in ("auto", "jax", "both"):
         raise ValueError(f"mlp_study: expected weights in ('auto', 'jax', 'both'), got {weights!r}")
-    if weights == "auto":
-        weights = "both" if _torch_available() else "jax"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dims = {"layers": layers, "width": width, "batch": batch, "seed": seed}
-
-    stds = {}
-    for config in configs:
-        w, x = jax_weights_and_input(config, **dims)
-        stds[config] = np.asarray(layer_stds(w, x, batch_norm=_BN[config]), dtype=np.float64)
-        if verbose:
-            print_lesson_style(config, stds[config])
-    lesson_stds = None
-    if weights == "both":
-        lesson_stds = {}
-        for config in configs:
-            w, x = lesson_weights_and_input(config, **dims)
-            lesson_stds[config] = np.asarray(layer_stds(w, x, batch_norm=_BN[config]), dtype=np.float64)
-
+    stds = {c: _stds(c, jax_weights_and_input(c, **dims)) for c in configs}
+    if verbose:
+        for c, s in stds.items():
+            print_lesson_style(c, s)
+    exact = weights == "both" or (weights == "auto" and _torch_available())
+    lesson_stds = {c: _stds(c, lesson_weights_and_input(c, **dims)) for c in configs} if exact else None
     # Kaiming keeps the *expected* variance per layer, but each layer multiplies it by a random factor, so the
     # std random-walks in log space; one seed's layer-99 value says little without the spread over seeds.
     spread = seed_spread("kaiming", range(1, spread_seeds + 1), layers=layers, width=width, batch=batch) \
         if spread_seeds > 0 and "kaiming" in configs else None
+    files = _write(Path(out_dir), stds, lesson_stds)
+    _print_summary(stds, lesson_stds, spread, layers)
+    return {"stds": {c: _to_json(s) for c, s in stds.items()}, "summary": {c: summarize(s) for c, s in stds.items()},
+            "lesson_weights": None if lesson_stds is None else {c: _to_json(s) for c, s in lesson_stds.items()},
+            "lesson_weights_summary": None if lesson_stds is None else
+            {c: summarize(s) for c, s in lesson_stds.items()},
+            "kaiming_seed_spread": spread, "files": {k: str(v) for k, v in files.items()},
+            "backend": jax.default_backend(), "settings": dims}
 
-    backend = jax.default_backend()
-    summary = {c: summarize(s) for c, s in stds.items()}
+
+def _stds(config: str, weights_and_input) -> np.ndarray:
+    w, x = weights_and_input
+    return np.asarray(layer_stds(w, x, batch_norm=_BN[config]), dtype=np.float64)
+
+
+def _write(out: Path, stds: dict, lesson_stds: dict | None) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
     files = {"stds": out / "stds.json"}
     files["stds"].write_text(json.dumps({c: _to_json(s) for c, s in stds.items()}, indent=1) + "\n")
     if lesson_stds is not None:
@@ -399,33 +378,30 @@ def run(out_dir, *, configs: Sequence[str] = CONFIGS, layers: int = LAYERS, widt
     files["figure"] = plot({c: _to_json(s) for c, s in stds.items()}, out / "mlp_stds.png",
                            lesson_weight_results=None if lesson_stds is None else
                            {c: _to_json(s) for c, s in lesson_stds.items()})
+    print(f"wrote {', '.join(str(p) for p in files.values())}")
+    return files
 
+
+def _print_summary(stds: dict, lesson_stds: dict | None, spread, layers: int) -> None:
     print("\nsummary (JAX RNG weights):")
-    for c, s in summary.items():
+    for c, s in ((c, summarize(v)) for c, v in stds.items()):
         print(f"  {c:<11} std range [{_fmt(s['min'])}, {_fmt(s['max'])}]  last {_fmt(s['last'])}  "
               f"first NaN layer {s['first_nan']}  first zero layer {s['first_zero']}")
     if lesson_stds is not None:
         print("lesson's exact weights (PyTorch RNG) vs the lesson's printed stds (max relative difference):")
-        for c in configs:
-            rows = compare_to_lesson(c, lesson_stds[c])
-            head = [r["rel_diff"] for r in rows if r["layer"] < 50]
-            tail = [r["rel_diff"] for r in rows if r["layer"] >= 50]
-            tail_txt = "" if not tail else ("  later printed layers: " + ", ".join(
-                "0 (flushed)" if r["ours"] == 0 else f"{r['rel_diff']:.1e}" for r in rows if r["layer"] >= 50))
-            print(f"  {c:<11} first printed layers: {max(head):.1e}{tail_txt}  first NaN layer "
-                  f"{first_nan_layer(lesson_stds[c])} (lesson: {LESSON_FIRST_NAN.get(c)})")
+        for c, s in lesson_stds.items():
+            rows = compare_to_lesson(c, s)
+            head = max(r["rel_diff"] for r in rows if r["layer"] < 50)
+            tail = ", ".join("0 (flushed)" if r["ours"] == 0 else f"{r['rel_diff']:.1e}" for r in rows
+                             if r["layer"] >= 50)
+            print(f"  {c:<11} first printed layers: {head:.1e}" + (f"  later printed layers: {tail}" if tail else "")
+                  + f"  first NaN layer {first_nan_layer(s)} (lesson: {LESSON_FIRST_NAN.get(c)})")
     if spread:
         v = np.asarray([np.nan if a is None else a for a in spread])
         print(f"kaiming, layer {layers - 1} std over JAX seeds 1..{len(spread)}: min {np.nanmin(v):.3g}, "
               f"median {np.nanmedian(v):.3g}, max {np.nanmax(v):.3g}")
-    if backend == "cpu":
+    if jax.default_backend() == "cpu":
         print(DENORMAL_NOTE)
-    print(f"wrote {', '.join(str(p) for p in files.values())}")
-    return {"stds": {c: _to_json(s) for c, s in stds.items()}, "summary": summary,
-            "lesson_weights": None if lesson_stds is None else {c: _to_json(s) for c, s in lesson_stds.items()},
-            "lesson_weights_summary": None if lesson_stds is None else
-            {c: summarize(s) for c, s in lesson_stds.items()},
-            "kaiming_seed_spread": spread, "files": {k: str(v) for k, v in files.items()}, "backend": backend, "settings": dims}
 
 
 def _fmt(v) -> str:

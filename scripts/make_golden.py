@@ -1,9 +1,9 @@
-"""Generate the PyTorch golden files in ``tests/golden/`` used by ``tests/test_parity_golden.py``.
+"""Generate the PyTorch golden files in ``tests/library/golden/`` used by ``tests/library/test_parity_golden.py``.
 
 Usage::
 
     pip install torch==2.13.0      # the only extra dependency; the tests themselves do not need torch
-    python scripts/make_golden.py  # rewrites tests/golden/*.npz (deterministic: same bytes every run)
+    python scripts/make_golden.py  # rewrites tests/library/golden/*.npz (deterministic: same bytes every run)
 
 What is recorded
 ----------------
@@ -39,7 +39,7 @@ Precision: each case runs twice in PyTorch, in float32 and in float64 on the sam
 outputs/statistics/gradients are the float64 ones rounded once to float32. So the goldens are PyTorch's
 semantics without PyTorch's float32 rounding noise, and an implementation is judged on its own rounding.
 The script prints, per family, how far PyTorch's own float32 run is from the goldens under the tests'
-metric (``rel_err``, see ``tests/test_parity_golden.py``): 8.8e-6 at worst (BatchNorm1d input gradient,
+metric (``rel_err``, see ``tests/library/test_parity_golden.py``): 8.8e-6 at worst (BatchNorm1d input gradient,
 batch of 6), against the tests' tolerance of 3e-5.
 """
 
@@ -57,7 +57,7 @@ import numpy as np
 SEED = 20240611
 TORCH_VERSION = "2.13.0"
 Case = tuple[str, dict, tuple[int, ...], list[str]]  # name, module config, input shape, modes
-OUT_DIR = pathlib.Path(__file__).resolve().parent.parent / "tests" / "golden"
+OUT_DIR = pathlib.Path(__file__).resolve().parent.parent / "tests" / "library" / "golden"
 
 
 # --------------------------------------------------------------------------------------------- inputs

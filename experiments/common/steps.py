@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +31,24 @@ def _eval_sums(logits, y, mask):
     return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum((jnp.argmax(logits, -1) == y) & mask)
 
 
+def linen_initial(model, tx: optax.GradientTransformation, sample_x) -> Callable[[Any], State]:
+    """``initial(seed) -> state`` of a linen model (jittable, vmappable over seeds)."""
+
+    def initial(seed):
+        variables = model.init(init_key(seed), sample_x, train=False)
+        params = variables["params"]
+        return {"params": params, "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(params)}
+
+    return initial
+
+
 def linen_task(model, tx: optax.GradientTransformation, sample_x, *, init_model=None,
                call_options: Callable[[State], dict] | None = None) -> Task:
     """A linen model trained with ``tx``, initialized by ``init_model`` (default: ``model``; LeNet's ``init``
     config differs from ``plain`` only there, so both share one compiled step); ``call_options(state)`` adds keyword
     arguments to the training call (the small-batch study's renorm clips)."""
 
-    def initial(seed):
-        variables = (init_model or model).init(init_key(seed), sample_x, train=False)
-        params = variables["params"]
-        return {"params": params, "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(params)}
+    initial = linen_initial(init_model or model, tx, sample_x)
 
     def variables(params, batch_stats):
         return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}

@@ -1,6 +1,6 @@
-"""Subprocess worker for tests/test_sync_bn.py: synchronized BatchNorm on 4 simulated CPU devices.
+"""Subprocess worker for tests/library/test_sync_bn.py: synchronized BatchNorm on 4 simulated CPU devices.
 
-Run as ``python tests/_sync_bn_worker.py`` (the test does). It forces 4 host devices *before* JAX is
+Run as ``python tests/library/_sync_bn_worker.py`` (the test does). It forces 4 host devices *before* JAX is
 imported — the flag has no effect once a backend exists, which is why this is a separate process —
 runs every case, and prints one JSON object on stdout:
 

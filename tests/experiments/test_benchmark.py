@@ -20,7 +20,7 @@ from experiments import benchmark
 from experiments.common.hlo import hlo_traffic
 from experiments.common.timing import paired_ratios
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--quick", "--rounds", "1", "--inner", "1", "--warmup", "0"]
 
 

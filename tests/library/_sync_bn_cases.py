@@ -1,4 +1,4 @@
-"""The synchronized-BN case list, shared by tests/_sync_bn_worker.py and tests/test_sync_bn.py.
+"""The synchronized-BN case list, shared by tests/library/_sync_bn_worker.py and tests/library/test_sync_bn.py.
 
 Kept free of JAX: the test process must not import JAX with the worker's 4 forced devices (the worker is a separate
 process for exactly that reason), yet it needs the names to parametrize its tests.

@@ -21,7 +21,7 @@ from PIL import Image
 from experiments.common import images as data
 from experiments.common.images import DataError, DataWarning
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 RED, BLUE = (200, 30, 40), (20, 60, 220)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_FORCED = 4
 TOL = 1e-4
 METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc")

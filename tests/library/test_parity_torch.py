@@ -18,7 +18,7 @@ gradient ``(w/sigma)(g - mean(g) - x_hat mean(g x_hat))`` is O(eps/var) -- a can
 no float32 implementation resolves (torch's own float32 result is off by up to 1e-2 relative from its float64
 one there). Their gradients are checked in float64 in ``test_grads.py``.
 
-``python -m pytest tests/test_parity_torch.py -q -s`` prints the worst errors per family; with
+``python -m pytest tests/library/test_parity_torch.py -q -s`` prints the worst errors per family; with
 ``JAXNORM_PARITY_REPORT=FILE`` they are also written to FILE as JSON.
 """
 

@@ -1,6 +1,6 @@
 """Synchronized BatchNorm on 4 simulated devices equals BatchNorm on the full batch on one device.
 
-The checks run in a subprocess (``tests/_sync_bn_worker.py``) because
+The checks run in a subprocess (``tests/library/_sync_bn_worker.py``) because
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` only takes effect before JAX creates its CPU
 backend, and this test process has already imported JAX with one device. The worker runs every case
 once and reports relative errors ``max|a - b| / max(1, max|b|)`` as JSON; the tests below judge them.
@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from _sync_bn_cases import case_names  # jax-free: this process must not import JAX with 4 devices
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "_sync_bn_worker.py"
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ROOT / "tests" / "library" / "_sync_bn_worker.py"
 
 # Float32 results computed with a different reduction order (per device, then combined) agree with
 # the single-device ones to a few ulps; measured max ~1e-6 relative. 1e-5 leaves margin while an

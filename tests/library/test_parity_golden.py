@@ -1,4 +1,4 @@
-"""Parity with PyTorch 2.13 through the committed goldens in ``tests/golden/*.npz`` (no torch needed).
+"""Parity with PyTorch 2.13 through the committed goldens in ``tests/library/golden/*.npz`` (no torch needed).
 
 The goldens (``scripts/make_golden.py``) hold, per case, the inputs, the random weight/bias, the random
 cotangents, and PyTorch's outputs, running statistics, ``num_batches_tracked`` and gradients (input, weight,
@@ -25,7 +25,7 @@ goldens, has a worst rel_err of 8.8e-6 (BatchNorm1d input gradient, batch of 6) 
 implementation as accurate as PyTorch passes with a 3.4x margin; at FLOOR = 0.1 PyTorch itself would use 88%
 of the tolerance. ``num_batches_tracked`` must match exactly (and be int32).
 
-Run ``pytest tests/test_parity_golden.py -q -s`` to print the worst rel_err per family and quantity.
+Run ``pytest tests/library/test_parity_golden.py -q -s`` to print the worst rel_err per family and quantity.
 """
 
 from __future__ import annotations

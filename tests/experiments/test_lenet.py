@@ -25,7 +25,7 @@ from PIL import Image
 from experiments import lenet
 from experiments.common import compile, images, models, steps, training
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env():
