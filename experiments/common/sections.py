@@ -158,9 +158,10 @@ def _lenet_conclusions(metrics: dict, extras: dict | None) -> list[str]:
         low = min(finite, key=finite.get)
         lines.append(f"LeNet_bn (`bn`) has the lowest final training loss: {_yes(low == 'bn')} (lowest: `{low}`, "
                      f"{finite[low]:.4f})")
-        best = max(valid, key=valid.get)
-        lines.append(f"`bn` has the best final validation accuracy: {_yes(valid[best] == valid.get('bn'))} "
-                     f"(best: `{best}`, {valid[best]:.2%})")
+        best = max(valid.values())
+        lines.append(f"`bn` has the best final validation accuracy: {_yes(valid.get('bn') == best)} (`bn`: "
+                     f"{md.pct(valid.get('bn'))}; best: {', '.join(f'`{c}`' for c, v in valid.items() if v == best)}, "
+                     f"{best:.2%})")
     diverged = [c for c, h in metrics.items() if any(_nan(e["train_loss"]) for e in h)]
     lines.append(f"diverged to NaN: {', '.join(f'`{c}`' for c in diverged) or 'none'}")
     if extras and extras.get("precise_bn"):
