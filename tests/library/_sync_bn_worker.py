@@ -324,6 +324,82 @@ def case_group(mode, mesh, seed=3):
     return {key: rel_err(g, r) for key, g, r in zip(("y", "dx", "dweight", "dbias"), got, ref, strict=True)}
 
 
+def case_bn_jvp(mesh, seed=4):
+    """Forward mode through the collective: jvp of BN under shard_map equals jvp of BN on the full batch."""
+    shape, axis = LAYOUTS["nchw"]
+    keys = jax.random.split(jax.random.key(seed), 4)
+    x, t = make_x(keys[0], shape, axis), jax.random.normal(keys[1], shape)
+    params, stats = _random_params(keys[2], shape[axis]), jn.batch_norm_init(shape[axis])[1]
+    tp = jax.tree.map(lambda a: jax.random.normal(keys[3], a.shape), params)
+    run, full = (make_mode(m, mesh, bn(axis=axis)) for m in ("shard_map", "full"))
+    got = jax.jvp(lambda x, p: run(x, p, stats)[0], (x, params), (t, tp))
+    want = jax.jvp(lambda x, p: full(x, p, stats)[0], (x, params), (t, tp))
+    return {"y": rel_err(got[0], want[0]), "y_dot": rel_err(got[1], want[1])}
+
+
+def _valid_rows(x, mask, axis):
+    """The valid examples of x (N, C, ...) as float64 (M, C) rows, channels last."""
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    return x[np.asarray(mask).reshape(-1)].reshape(-1, x.shape[-1])
+
+
+def case_masked_counts(mode, mesh, seed=5):
+    """4 devices with 2, 0, 1 and 2 valid examples (of 2 each): output at valid positions and running statistics
+    equal float64 BN on the 5 valid examples, and the padding (NaN here) changes nothing."""
+    shape, axis = (8, 3, 4), 1
+    x = np.asarray(make_x(jax.random.key(seed), shape, axis))
+    mask = np.array([1, 1, 0, 0, 1, 0, 1, 1], bool).reshape(-1, 1, 1)
+    x_padded = np.where(mask, x, np.nan).astype(np.float32)
+    params, stats = _random_params(jax.random.key(seed + 1), 3), jn.batch_norm_init(3)[1]
+    if mode == "shard_map":
+        f = jax.jit(jax.shard_map(
+            lambda x, m, p, s: jn.batch_norm(x, p, s, train=True, eps=EPS, axis=axis, axis_name=AX, mask=m),
+            mesh=mesh, in_specs=(P(AX), P(AX), P(), P()), out_specs=(P(AX), P())))
+        args = (x_padded, mask, params, stats)
+    else:
+        data, rep = NamedSharding(mesh, P(AX)), NamedSharding(mesh, P())
+        f = jax.jit(lambda x, m, p, s: jn.batch_norm(x, p, s, train=True, eps=EPS, axis=axis, mask=m))
+        args = (jax.device_put(x_padded, data), jax.device_put(mask, data), jax.device_put(params, rep), stats)
+    y, new = f(*args)
+    rows = _valid_rows(x, mask, axis)
+    mean, var = rows.mean(0), rows.var(0)
+    want = (rows - mean) / np.sqrt(var + EPS) * np.asarray(params["weight"]) + np.asarray(params["bias"])
+    return {"y": rel_err(_valid_rows(y, mask, axis), want), "running_mean": rel_err(new["running_mean"], 0.1 * mean),
+            "running_var": rel_err(new["running_var"], 0.9 + 0.1 * rows.var(0, ddof=1)),
+            "padding_finite": bool(np.isfinite(np.asarray(y)).all()), "nbt": int(new["num_batches_tracked"])}
+
+
+def case_groups(mode, mesh, seed=6):
+    """axis_index_groups [[0, 1], [2, 3]]: each pair of devices gets the statistics of its own 4 examples."""
+    shape, axis, groups = (8, 3, 5), 1, [[0, 1], [2, 3]]
+    x = np.asarray(make_x(jax.random.key(seed), shape, axis))
+    stats = jn.batch_norm_init(3)[1]
+
+    def norm(x):
+        y, s = jn.batch_norm(x, {}, stats, train=True, eps=EPS, axis=axis, axis_name=AX, axis_index_groups=groups)
+        return y, s["running_mean"][None], s["running_var"][None]
+
+    if mode == "shard_map":
+        f = jax.jit(jax.shard_map(norm, mesh=mesh, in_specs=P(AX), out_specs=(P(AX), P(AX), P(AX)),
+                                  check_vma=False))
+        y, rm, rv = f(x)
+    else:
+        y, rm, rv = jax.pmap(lambda x: jax.tree.map(lambda a: a, norm(x)), axis_name=AX)(_split(x))
+        y, rm, rv = _merge(y), rm.reshape(4, -1), rv.reshape(4, -1)
+    out = {}
+    for g, devices_in_group in enumerate(groups):
+        rows = np.asarray(x, np.float64)[2 * devices_in_group[0]:2 * devices_in_group[-1] + 2]
+        red = (0, 2)
+        mean, var = rows.mean(red, keepdims=True), rows.var(red, keepdims=True)
+        out[f"group{g}_y"] = rel_err(np.asarray(y)[2 * devices_in_group[0]:2 * devices_in_group[-1] + 2],
+                                     (rows - mean) / np.sqrt(var + EPS))
+        for d in devices_in_group:
+            out[f"group{g}_device{d}_running_mean"] = rel_err(np.asarray(rm)[d], 0.1 * mean.ravel())
+            out[f"group{g}_device{d}_running_var"] = rel_err(np.asarray(rv)[d],
+                                                              0.9 + 0.1 * rows.var(red, ddof=1).ravel())
+    return out
+
+
 # ----------------------------------------------------------------------------- collectives
 def _count_prims(jaxpr, counts):
     for eqn in jaxpr.eqns:
@@ -409,6 +485,12 @@ def run_case(name, mesh):
         return case_bn_grad(mode, mesh, shape=shape, axis=axis, inside=kind == "bn_grad_inside")
     if kind == "control":
         return case_bn_train(mode, mesh, shape=LAYOUTS["nchw"][0], axis=1, momentum=0.1)
+    if kind == "bn_jvp":
+        return case_bn_jvp(mesh)
+    if kind == "masked_counts":
+        return case_masked_counts(mode, mesh)
+    if kind == "groups":
+        return case_groups(mode, mesh)
     if kind == "instance_train":
         return case_instance(mode, mesh)
     if kind == "group":

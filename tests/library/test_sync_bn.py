@@ -121,6 +121,24 @@ def test_group_norm_documents_no_axis_name(report):
     assert "axis_name" in report["signatures"]["instance_norm"]
 
 
+def test_forward_mode_through_the_collective(report):
+    _assert_small(_case(report, "bn_jvp/shard_map/nchw"), ["y", "y_dot"], TOL, "bn_jvp")
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("masked_counts/")])
+def test_devices_with_unequal_valid_counts_equal_bn_on_the_valid_examples(report, name):
+    r = _case(report, name)
+    _assert_small(r, ["y", "running_mean", "running_var"], TOL, name)
+    assert r["padding_finite"] and r["nbt"] == 1, r
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("groups/")])
+def test_device_groups_have_their_own_statistics(report, name):
+    r = _case(report, name)
+    _assert_small(r, list(r), TOL, name)
+    assert len(r) == 2 + 2 * 4  # two groups' outputs, and both statistics on each of the 4 devices
+
+
 def _total(counts: dict) -> int:
     return sum(counts.values())
 
