@@ -54,7 +54,10 @@ def test_against_torch_statistics():
     cases = [(lambda w: torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5)), init.torch_default_kernel(),
               init.torch_default_kernel(layout="torch")),
              (torch.nn.init.kaiming_normal_, init.kaiming_normal(), init.kaiming_normal(layout="torch")),
-             (torch.nn.init.xavier_normal_, init.xavier_normal(), init.xavier_normal(layout="torch"))]
+             (torch.nn.init.xavier_normal_, init.xavier_normal(), init.xavier_normal(layout="torch")),
+             (torch.nn.init.xavier_uniform_, init.xavier_uniform(), init.xavier_uniform(layout="torch")),
+             (lambda w: torch.nn.init.kaiming_uniform_(w, a=0.2, nonlinearity="leaky_relu"),
+              init.kaiming_uniform(a=0.2), init.kaiming_uniform(a=0.2, layout="torch"))]
     for torch_fn, ours, ours_torch in cases:
         torch.manual_seed(0)
         ref = torch_fn(t).numpy()

@@ -14,20 +14,28 @@ def _reference(x, axes, eps=1e-5):
     return (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
 
 
+# README: "at per-channel offsets up to 1e5 with std 1e-2 the normalized output is within 3e-6 of a float64
+# reference" (the worst case measured is 2.2e-6: BatchNorm NCHW at offset 1e3, std 1).
+CLAIM = 3e-6
+
+
 @pytest.mark.parametrize("offset", [0.0, 1e2, 1e3, 1e4, 1e5])
 @pytest.mark.parametrize("std", [1.0, 1e-2])
-def test_normalized_output_error_below_1e_4(offset, std):
+def test_normalized_output_within_the_claimed_bound(offset, std):
     rng = np.random.default_rng(0)
     channel_offsets = offset * np.array([1.0, -0.5, 0.25, 1.0])  # per-channel offsets up to `offset`
     x = (rng.normal(size=(32, 4, 8, 8)) * std + channel_offsets[:, None, None]).astype(np.float32)
-    y, _ = jn.batch_norm_2d(jnp.asarray(x), {}, {}, train=True)
-    assert np.abs(np.asarray(y) - _reference(x, (0, 2, 3))).max() <= 1e-4
-    y_last, _ = jn.batch_norm(jnp.asarray(np.moveaxis(x, 1, -1)), {}, {}, train=True, axis=-1)
-    assert np.abs(np.moveaxis(np.asarray(y_last), -1, 1) - _reference(x, (0, 2, 3))).max() <= 1e-4
-    ln = jn.layer_norm(jnp.asarray(x), {}, (8, 8))
-    assert np.abs(np.asarray(ln) - _reference(x, (2, 3))).max() <= 1e-4
-    gn = jn.group_norm(jnp.asarray(x), {}, 4)
-    assert np.abs(np.asarray(gn) - _reference(x, (2, 3))).max() <= 1e-4
+    xs = jnp.asarray(x)
+    errors = {
+        "batch_norm NCHW": np.asarray(jn.batch_norm_2d(xs, {}, {}, train=True)[0]) - _reference(x, (0, 2, 3)),
+        "batch_norm NHWC": np.moveaxis(np.asarray(jn.batch_norm(jnp.moveaxis(xs, 1, -1), {}, {}, train=True,
+                                                                axis=-1)[0]), -1, 1) - _reference(x, (0, 2, 3)),
+        "layer_norm": np.asarray(jn.layer_norm(xs, {}, (8, 8))) - _reference(x, (2, 3)),
+        "group_norm": np.asarray(jn.group_norm(xs, {}, 4)) - _reference(x, (2, 3)),
+        "instance_norm": np.asarray(jn.instance_norm_2d(xs, {}, {}, train=True)[0]) - _reference(x, (2, 3)),
+    }
+    worst = {k: float(np.abs(v).max()) for k, v in errors.items()}
+    assert max(worst.values()) <= CLAIM, worst
 
 
 def test_naive_formula_would_fail_here():
@@ -57,18 +65,39 @@ def test_half_precision_large_values_stay_finite(dtype):
         assert out.dtype == dtype and np.isfinite(np.asarray(out, np.float32)).all()
 
 
+# README: "A NaN or Inf in one statistics group stays in that group; the others' outputs change by at most 1e-6."
+# (They change at all because the whole batch then takes the shifted sums; measured: 2.4e-7 BN, 7.2e-7 LN/GN/IN.)
+ISOLATION = 1e-6
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_channel_does_not_leak(bad):
+def test_a_non_finite_value_stays_in_its_group(bad):
     x = np.random.default_rng(2).normal(size=(8, 3, 5)).astype(np.float32)
-    x[3, 1, 2] = bad
+    x_bad = x.copy()
+    x_bad[3, 1, 2] = bad
     params, stats = jn.batch_norm_init(3)
-    y, new = jn.batch_norm_1d(jnp.asarray(x), params, stats, train=True)
-    y = np.asarray(y)
-    assert np.isfinite(y[:, [0, 2]]).all() and np.isfinite(np.asarray(new["running_mean"])[[0, 2]]).all()
-    assert np.isfinite(np.asarray(new["running_var"])[[0, 2]]).all()
-    assert not np.isfinite(y[:, 1]).all()  # the bad channel is visibly bad, not silently "fixed"
-    ln = np.asarray(jn.layer_norm(jnp.asarray(x), {}, 5))
-    assert np.isfinite(np.delete(ln.reshape(24, 5), 3 * 3 + 1, axis=0)).all()
+    families = {  # name: (function, the groups the bad value is not in)
+        "batch_norm": (lambda v: jn.batch_norm_1d(v, params, stats, train=True), lambda a: a[:, [0, 2]]),
+        "instance_norm": (lambda v: (jn.instance_norm_1d(v, {}, {}, train=True)[0],), _other_rows),
+        "layer_norm": (lambda v: (jn.layer_norm(v, {}, 5),), _other_rows),
+        "group_norm": (lambda v: (jn.group_norm(v, {}, 3),), _other_rows),
+        "rms_norm": (lambda v: (jn.rms_norm(v, {}, 5),), _other_rows),
+    }
+    for name, (fn, others) in families.items():
+        clean, dirty = fn(jnp.asarray(x)), fn(jnp.asarray(x_bad))
+        got, want = others(np.asarray(dirty[0])), others(np.asarray(clean[0]))
+        assert np.isfinite(got).all(), name
+        assert np.abs(got - want).max() <= ISOLATION, (name, float(np.abs(got - want).max()))
+        assert not np.isfinite(np.asarray(dirty[0])).all(), name  # the bad group is visibly bad, not "fixed"
+    _, new = families["batch_norm"][0](jnp.asarray(x_bad))
+    _, ref = families["batch_norm"][0](jnp.asarray(x))
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_allclose(np.asarray(new[key])[[0, 2]], np.asarray(ref[key])[[0, 2]], rtol=ISOLATION)
+
+
+def _other_rows(a):
+    """Every (sample, channel) row of an (8, 3, 5) output but the one holding the bad value (sample 3, channel 1)."""
+    return np.delete(a.reshape(24, 5), 3 * 3 + 1, axis=0)
 
 
 # On the CPU the statistics take the plain sums Σx, Σx² when every group has μ² ≤ 4σ² (|μ| ≤ 2σ) and the shifted
