@@ -10,7 +10,8 @@ in :mod:`jaxnorm.interop` (whole NNX models: :mod:`jaxnorm.nnx_interop`), an act
 from jaxnorm import init
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
 from jaxnorm.batch_renorm import batch_renorm, renorm_clip_schedule
-from jaxnorm.frozen import freeze_batch_norm, frozen_batch_norm
+from jaxnorm.freeze import freeze_batch_norm
+from jaxnorm.frozen import frozen_batch_norm
 from jaxnorm.group_norm import group_norm, group_norm_init
 from jaxnorm.instance_norm import (
     instance_norm,

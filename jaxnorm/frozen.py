@@ -8,7 +8,7 @@ never update, and the scale and shift receive no gradient (they are held constan
 
 A frozen layer keeps ``weight``, ``bias``, ``running_mean``, ``running_var`` in its ``batch_stats`` collection (the
 buffers of torchvision's ``FrozenBatchNorm2d``, so its state dict maps one-to-one), and none in ``params``: an
-optimizer built on the params never sees them. :func:`freeze_batch_norm` makes those variables from a trained
+optimizer built on the params never sees them. :func:`freeze_linen_variables` makes those variables from a trained
 model's; jaxnorm's linen modules recognize a frozen layer by them.
 """
 
@@ -86,7 +86,7 @@ def _freeze_tree(params: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[d
     return new_params, new_stats, count
 
 
-def freeze_batch_norm(variables: Mapping[str, Any]) -> dict[str, Any]:
+def freeze_linen_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
     """Freeze every normalization layer with running statistics in a linen model's ``variables``.
 
     Each such layer (jaxnorm's ``BatchNorm*d``, and ``InstanceNorm*d`` with ``track_running_stats=True``) loses its
@@ -104,7 +104,7 @@ def freeze_batch_norm(variables: Mapping[str, Any]) -> dict[str, Any]:
       ValueError: no ``batch_stats`` collection or no layer with running statistics in it.
     """
     if not isinstance(variables, Mapping) or "batch_stats" not in variables:
-        raise ValueError("freeze_batch_norm: expected linen variables with a 'batch_stats' collection, got "
+        raise ValueError("freeze_batch_norm: expected linen variables with a 'batch_stats' collection or an NNX model, got "
                          f"{sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__}")
     params, stats, count = _freeze_tree(variables.get("params", {}), variables["batch_stats"])
     if not count:

@@ -32,12 +32,13 @@ from flax import nnx
 from jaxnorm import _checks
 from jaxnorm._types import PARAM_KEYS, STATS_KEYS
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
+from jaxnorm.frozen import FROZEN_KEYS, frozen_batch_norm
 from jaxnorm.group_norm import _check_groups, group_norm, group_norm_init
 from jaxnorm.instance_norm import instance_norm_1d, instance_norm_2d, instance_norm_3d, instance_norm_init
 from jaxnorm.layer_norm import layer_norm, layer_norm_init, rms_norm, rms_norm_init
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-           "LayerNorm", "GroupNorm", "RMSNorm"]
+           "LayerNorm", "GroupNorm", "RMSNorm", "FrozenBatchNorm", "freeze_batch_norm"]
 
 
 def _variable(kind: type[nnx.Variable], tree: Mapping[str, jax.Array], key: str, dtype=None):
@@ -307,3 +308,58 @@ def _intercept_calls(classes: Iterable[type[nnx.Module]], interceptor: _Intercep
                 cls.__call__ = originals[cls]
             else:
                 del cls.__call__
+
+
+class FrozenBatchNorm(nnx.Module):
+    """torchvision's ``FrozenBatchNorm2d`` for any rank: :func:`jaxnorm.frozen_batch_norm` with the layer's weight,
+    bias and running statistics, all four ``nnx.BatchStat`` (so an ``nnx.Optimizer(..., wrt=nnx.Param)`` never
+    sees them, and nothing updates them). Made by :func:`freeze_batch_norm` from a trained layer."""
+
+    def __init__(self, weight: jax.Array, bias: jax.Array, running_mean: jax.Array, running_var: jax.Array, *,
+                 eps: float = 1e-5, axis: int = 1):
+        self.weight, self.bias = nnx.BatchStat(weight), nnx.BatchStat(bias)
+        self.running_mean, self.running_var = nnx.BatchStat(running_mean), nnx.BatchStat(running_var)
+        self.eps, self.axis = eps, axis
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """The fixed affine map (``use_running_average`` is accepted and ignored: a frozen layer has one mode); 0 off
+        the mask."""
+        del use_running_average
+        values = {k: getattr(self, k)[...] for k in FROZEN_KEYS}
+        y = frozen_batch_norm(x, {k: values[k] for k in PARAM_KEYS}, values, eps=self.eps, axis=self.axis)
+        return y if mask is None else jnp.where(mask, y, jnp.zeros((), y.dtype))
+
+
+def _frozen(layer: _Stateful) -> FrozenBatchNorm:
+    mean = layer.running_mean[...]
+    weight = jnp.ones_like(mean) if layer.weight is None else layer.weight[...]
+    bias = jnp.zeros_like(mean) if layer.bias is None else layer.bias[...]
+    return FrozenBatchNorm(weight, bias, mean, layer.running_var[...], eps=layer.eps, axis=layer.axis)
+
+
+def freeze_batch_norm(model: nnx.Module) -> nnx.Module:
+    """Replace, in place, every layer of ``model`` that has running statistics (jaxnorm's ``BatchNorm*d``, and
+    ``InstanceNorm*d`` with ``track_running_stats=True``) by a :class:`FrozenBatchNorm` built from it.
+
+    Returns:
+      ``model`` (changed in place), for chaining.
+
+    Raises:
+      ValueError: no such layer in ``model`` (a model that is itself one such layer cannot be replaced in place).
+    """
+    replaced = 0
+    for path, module in list(nnx.iter_modules(model)):
+        if isinstance(module, _Stateful) and module.track_running_stats and path:
+            parent = model
+            for name in path[:-1]:
+                parent = parent[name] if isinstance(name, int) else getattr(parent, name)
+            frozen = _frozen(module)
+            if isinstance(path[-1], int):
+                parent[path[-1]] = frozen
+            else:
+                setattr(parent, path[-1], frozen)
+            replaced += 1
+    if not replaced:
+        raise ValueError(f"freeze_batch_norm: found no layer with running statistics in {type(model).__name__}")
+    return model

@@ -261,3 +261,30 @@ def test_axis_index_groups_synchronize_within_each_group():
         _vmapped_bn(x, None, groups=[[0, 1], [2]])
     with pytest.raises(ValueError, match="needs axis_name"):
         jn.batch_norm_1d(jnp.ones((4, 2)), {}, {}, train=True, axis_index_groups=[[0, 1]])
+
+
+def test_freeze_batch_norm_on_an_nnx_model_replaces_the_layers_in_place():
+    from flax import nnx
+
+    import jaxnorm.nnx as jnnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(5, 4, rngs=rngs)
+            self.bn = jnnx.BatchNorm1d(4)
+
+        def __call__(self, x):
+            return self.bn(self.fc(x))
+
+    model, x = Net(nnx.Rngs(0)), jnp.asarray(RNG.normal(size=(8, 5)), jnp.float32)
+    model(x * 3 + 1)  # training mode: the running statistics move
+    want = nnx.view(model, use_running_average=True)(x)
+    jn.freeze_batch_norm(model)
+    assert isinstance(model.bn, jnnx.FrozenBatchNorm)
+    model.train()
+    _close(model(x), want, 1e-6)  # train or eval, the same fixed map
+    params = nnx.state(model, nnx.Param)
+    assert "bn" not in params and set(nnx.state(model.bn, nnx.BatchStat)) == {"weight", "bias", "running_mean",
+                                                                              "running_var"}
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+    assert set(grads) == {"fc"}
