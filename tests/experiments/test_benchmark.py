@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
+from experiments.common import report, sections
 from experiments.common.hlo import hlo_traffic
 from experiments.common.timing import paired_ratios
 
@@ -316,6 +317,11 @@ def test_quick_run_writes_self_describing_json(tmp_path):
     assert "channels-last natively" in flax_gn["gn_nhwc"]
     tables = benchmark.render_tables([path])
     assert tables.count("| GroupNorm, 8 groups |") == 4 and tables.count("| BatchNorm2d, masked |") == 4
+    # reproduce's report section of these rows: the machine, the table and the --quick warning from the run itself
+    section = sections.bench({"rows": rows, "figure": str(report.plot_benchmark(rows, tmp_path / "b.png")),
+                              "quick": True}, tmp_path)
+    assert "tiny shapes and 1 rounds" in section and benchmark.format_table(rows) in section
+    assert f"jax {meta['jax']}" in section
 
 
 def test_quick_run_on_offset_data_gives_flax_the_two_pass_variance_and_records_the_fast_one():

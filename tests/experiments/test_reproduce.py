@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from experiments import mlp_study, reproduce
@@ -102,9 +101,12 @@ def _table_rows(text: str, header_start: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_reproduce_quick_end_to_end(tmp_path):
+    """The four stages that are cheap enough for the suite (the small-batch study and the benchmark have their own
+    tests, which also render their report sections)."""
     out = tmp_path / "repro"
     r = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--quick", "--data", "synthetic", "--out",
-                        str(out)], capture_output=True, text=True, timeout=900)
+                        str(out), "--skip", "small_batch", "--skip", "benchmark"], capture_output=True, text=True,
+                       timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     text = (out / "report.md").read_text()
     assert "All stages succeeded." in text
@@ -117,15 +119,10 @@ def test_reproduce_quick_end_to_end(tmp_path):
     assert row[1] == str(lesson.MLP_FIRST_NAN["normal"]) and row[3] == str(first_nan)
     # The LeNet table is metrics.json's last epoch; the data used is named.
     metrics = json.loads((out / "lenet" / "metrics.json").read_text())
-    for row in _table_rows(text, "| config | train loss"):
+    rows = _table_rows(text, "| config | train loss")
+    assert [row[0] for row in rows] == list(metrics)
+    for row in rows:
         last = metrics[row[0]][-1]
         if last["train_loss"] is not None:
             assert row[1] == f"{last['train_loss']:.4f}" and row[4] == f"{100 * last['valid_acc']:.2f}%"
     assert "SYNTHETIC" in text
-    # The small-batch table is small_batch.json's summary.
-    summary = json.loads((out / "small_batch" / "small_batch.json").read_text())["summary"]
-    for row in _table_rows(text, "| norm | batch 2"):
-        mean, std = summary[row[0]]["rows"]["2"]["valid_acc"]
-        assert row[1] == f"{100 * mean:.1f} ± {100 * std:.1f}"
-    assert np.isfinite([summary["bn"]["drop_small_vs_large"]]).all()
-    assert f"{json.loads((out / 'benchmark' / 'benchmark.json').read_text())['meta']['rounds']} rounds" in text
