@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -186,25 +187,8 @@ def fold_batch_norm(kernel, bias, params: Mapping[str, Any], batch_stats: Mappin
       ValueError: no running statistics, or channel counts that do not agree.
     """
     kernel = jnp.asarray(kernel)
-    if not -kernel.ndim <= out_axis < kernel.ndim:
-        raise ValueError(f"expected out_axis in [{-kernel.ndim}, {kernel.ndim}) for a kernel of shape {kernel.shape}, got {out_axis}")
-    if "running_mean" not in batch_stats or "running_var" not in batch_stats:
-        raise ValueError(
-            "expected batch_stats with 'running_mean' and 'running_var', got keys "
-            f"{sorted(batch_stats)}; a BN without running statistics normalizes by the batch and cannot be folded"
-        )
-    mean, var = jnp.asarray(batch_stats["running_mean"]), jnp.asarray(batch_stats["running_var"])
-    channels = kernel.shape[out_axis]
-    named = {"running_mean": mean, "running_var": var, **{f"BN {k}": jnp.asarray(v) for k, v in params.items()}}
-    if bias is not None:
-        named["layer bias"] = jnp.asarray(bias)
-    for name, value in named.items():
-        if value.shape != (channels,):
-            raise ValueError(
-                f"kernel of shape {kernel.shape} has {channels} output channels on out_axis={out_axis}; "
-                f"expected {name} of shape ({channels},), got {value.shape}"
-            )
-
+    named = _fold_operands(kernel, bias, params, batch_stats, out_axis)
+    mean, var, channels = named["running_mean"], named["running_var"], kernel.shape[out_axis]
     compute = jnp.promote_types(kernel.dtype, jnp.float32)
     gamma = named.get("BN weight", jnp.ones(channels, compute)).astype(compute)
     beta = named.get("BN bias", jnp.zeros(channels, compute)).astype(compute)
@@ -217,6 +201,30 @@ def fold_batch_norm(kernel, bias, params: Mapping[str, Any], batch_stats: Mappin
     bias_dtype = kernel.dtype if bias is None else named["layer bias"].dtype
     new_bias = ((b - mean.astype(compute)) * scale + beta).astype(bias_dtype)
     return new_kernel, new_bias
+
+
+def _fold_operands(kernel, bias, params, batch_stats, out_axis: int) -> dict[str, jax.Array]:
+    """The per-channel vectors :func:`fold_batch_norm` needs, by name, each checked to be ``(channels,)``."""
+    if not -kernel.ndim <= out_axis < kernel.ndim:
+        raise ValueError(f"expected out_axis in [{-kernel.ndim}, {kernel.ndim}) for a kernel of shape {kernel.shape}, got {out_axis}")
+    if "running_mean" not in batch_stats or "running_var" not in batch_stats:
+        raise ValueError(
+            "expected batch_stats with 'running_mean' and 'running_var', got keys "
+            f"{sorted(batch_stats)}; a BN without running statistics normalizes by the batch and cannot be folded"
+        )
+    channels = kernel.shape[out_axis]
+    named = {"running_mean": jnp.asarray(batch_stats["running_mean"]),
+             "running_var": jnp.asarray(batch_stats["running_var"]),
+             **{f"BN {k}": jnp.asarray(v) for k, v in params.items()}}
+    if bias is not None:
+        named["layer bias"] = jnp.asarray(bias)
+    for name, value in named.items():
+        if value.shape != (channels,):
+            raise ValueError(
+                f"kernel of shape {kernel.shape} has {channels} output channels on out_axis={out_axis}; "
+                f"expected {name} of shape ({channels},), got {value.shape}"
+            )
+    return named
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,20 +347,10 @@ def torch_to_flax_variables(
         else:
             missing.append(key)
             continue
-        shape, dtype = tuple(np.shape(leaf)), getattr(leaf, "dtype", np.asarray(leaf).dtype)
-        perm = _leaf_perm(path, len(shape))
-        expected = tuple(shape[i] for i in perm) if perm else shape
-        if value.shape != expected:
-            raise ValueError(
-                f"state dict entry {key!r}: expected shape {expected} (Flax {col}/{'/'.join(path)} of shape "
-                f"{shape}), got {value.shape}"
-            )
-        if perm:
-            value = value.transpose(np.argsort(perm))
         node = result.setdefault(col, {})
         for name in path[:-1]:
             node = node.setdefault(name, {})
-        node[path[-1]] = jnp.array(value, dtype=dtype)  # a copy: see _to_numpy
+        node[path[-1]] = _as_template_leaf(value, leaf, key, col, path)
     unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(_COUNTER))
     problems = [f"missing keys {missing}"] if missing else []
     if strict and unexpected:
@@ -360,3 +358,16 @@ def torch_to_flax_variables(
     if problems:
         raise ValueError("state dict does not match the template: " + "; ".join(problems))
     return result
+
+
+def _as_template_leaf(value: np.ndarray, leaf, key: str, col: str, path: tuple[str, ...]) -> jax.Array:
+    """A state-dict tensor in the Flax layout, shape and dtype of the template's ``leaf`` (a copy: see _to_numpy)."""
+    shape, dtype = tuple(np.shape(leaf)), getattr(leaf, "dtype", np.asarray(leaf).dtype)
+    perm = _leaf_perm(path, len(shape))
+    expected = tuple(shape[i] for i in perm) if perm else shape
+    if value.shape != expected:
+        raise ValueError(
+            f"state dict entry {key!r}: expected shape {expected} (Flax {col}/{'/'.join(path)} of shape "
+            f"{shape}), got {value.shape}"
+        )
+    return jnp.array(value.transpose(np.argsort(perm)) if perm else value, dtype=dtype)
