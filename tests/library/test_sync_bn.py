@@ -6,7 +6,8 @@ backend, and this test process has already imported JAX with one device. The wor
 once and reports relative errors ``max|a - b| / max(1, max|b|)`` as JSON; the tests below judge them.
 
 Covered: ``jaxnorm.batch_norm(..., axis_name="data")`` under ``jax.shard_map`` (checked, and with
-``check_vma=False``), ``jax.pmap`` and ``jax.vmap(axis_name=...)``, and plain ``jax.jit`` on a
+``check_vma=False`` for the backward), ``jax.pmap`` and ``jax.vmap(axis_name=...)`` (forward and running
+statistics; its derivatives are in test_transforms.py), and plain ``jax.jit`` on a
 batch-sharded input without ``axis_name``; channels-first and channels-last; output, running mean,
 *unbiased* running variance with the global count, ``num_batches_tracked``, an eval step with the
 synchronized running stats, and the VJP w.r.t. x, weight and bias with a random cotangent (taken
