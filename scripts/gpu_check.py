@@ -36,6 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+# experiments/ runs from the checkout (the wheel installs only jaxnorm). jax and jaxnorm are imported only after
+# the command line is parsed, so that --help needs neither.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 EPS = 1e-5
 MOMENTUM = 0.1
 BOUND = 1e-5  # each device vs the float64 reference, relative to max|reference|, every output
