@@ -23,14 +23,8 @@ config         weights                                                          
 Why ~0.58 with BN: BN makes each pre-activation ~N(0, 1); ``relu`` of a standard normal has variance
 ``1/2 - 1/(2 pi) = 0.3408``, i.e. std 0.584.
 
-Numerics. The activations are float32, like PyTorch's, so the *network* overflows/underflows exactly as the
-lesson's does; the *statistic* must not add failures of its own. A naive ``sqrt(mean(y**2) - mean(y)**2)``
-in float32 overflows once ``|y| > ~1.8e19`` (``y**2 > 3.4e38``) and underflows below ``~1.1e-19``
-(``y**2`` below the smallest normal, 1.2e-38), while the lesson prints stds from 2.5e-40 to 7.5e36. So
-:func:`layer_stds` divides by ``m = max|y|`` first: the scaled values lie in ``[-1, 1]``, their squared
-deviations cannot overflow, and any that underflow are below float32's relative resolution of the result
-anyway; the std is ``m * std(y / m)``. The first layer whose activations are not all finite, and every layer
-after it, reports NaN (the lesson's ``output is nan in 35 layers``).
+Numerics: the per-layer std is computed so that it never overflows or underflows while the network's
+activations are finite (:mod:`experiments.common.deep_mlp`).
 
 XLA on CPU flushes denormal floats (|x| < 1.2e-38) to zero, so the ``default`` config reaches exactly 0
 in the last layers where PyTorch (which keeps denormals) prints ~1e-40. (Not checked on GPU/TPU, whose
@@ -58,7 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxnorm as jn
-from experiments.common import lesson
+from experiments.common import lesson, plots
+from experiments.common.deep_mlp import layer_stds
+from experiments.common.lesson_weights import lesson_weights_and_input, torch_available
 
 CONFIGS = ("default", "normal", "kaiming", "bn_kaiming", "bn_default")
 # Which initializer and whether BN is used, per config.
@@ -72,81 +68,6 @@ LESSON_STDS, LESSON_FIRST_NAN = lesson.MLP_STDS, lesson.MLP_FIRST_NAN  # what th
 
 DENORMAL_NOTE = ("note: XLA on CPU flushes denormal floats (|x| < 1.2e-38) to zero, so `default` reaches std 0 "
                  "in the last layers where PyTorch prints ~1e-40.")
-
-
-# ----------------------------------------------------------------------------------------------- the statistic
-def _scaled_std(y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""``(std(y, ddof=1), all_finite(y))``, safe for any finite float32 magnitude.
-
-    ``std(y) = m * std(y / m)`` with ``m = max|y|``: the scaled values are in ``[-1, 1]`` so
-    ``sum((s - mean(s))**2) <= n`` cannot overflow; dividing ``y`` by ``m`` (not multiplying by ``1/m``)
-    stays exact-ish even when ``m`` is denormal on hardware that keeps denormals (``1/m`` would be inf).
-    """
-    finite = jnp.all(jnp.isfinite(y))
-    m = jnp.max(jnp.abs(y))
-    scale = jnp.where(finite & (m > 0), m, jnp.ones_like(m))  # all-zero or non-finite: avoid 0/0, inf/inf
-    s = y / scale
-    d = s - jnp.mean(s)  # two-pass: no E[s^2] - E[s]^2 cancellation
-    std = scale * jnp.sqrt(jnp.sum(d * d) / (y.size - 1))
-    return std, finite
-
-
-@functools.partial(jax.jit, static_argnames="batch_norm")
-def _layer_stds(weights: jax.Array, x: jax.Array, batch_norm: bool) -> jax.Array:
-    # weight 1, bias 0; the running stats are updated but not used (training mode normalizes with batch stats).
-    bn_params, bn_stats = jn.batch_norm_init(weights.shape[-1], dtype=weights.dtype)
-
-    def layer(carry, w):
-        h, bad = carry
-        # HIGHEST: float32 matmul as PyTorch does it; GPU/TPU default precision (TF32/bf16 passes) would
-        # change the very numbers this study is about.
-        h = jnp.matmul(h, w, precision=jax.lax.Precision.HIGHEST)
-        if batch_norm:
-            h, _ = jn.batch_norm_1d(h, bn_params, bn_stats, train=True)
-        h = jax.nn.relu(h)
-        std, finite = _scaled_std(h)
-        bad = bad | ~finite  # sticky: once the signal is gone, later layers are meaningless
-        return (h, bad), jnp.where(bad, jnp.nan, std)
-
-    _, stds = jax.lax.scan(layer, (x, jnp.zeros((), bool)), weights)
-    return stds
-
-
-def layer_stds(weights, x, *, batch_norm: bool = False) -> jax.Array:
-    r"""Per-layer std of the activations of the MLP ``y_{l+1} = relu(bn(y_l @ W[l]))``, ``y_0 = x``.
-
-    Args:
-      weights: ``(L, n, n)`` array of kernels in Flax layout (``(n_in, n_out)``; a PyTorch ``nn.Linear``
-        weight is the transpose). ``n_in == n_out`` since layer ``l``'s output is layer ``l+1``'s input.
-      x: ``(batch, n)`` input.
-      batch_norm: insert training-mode batch normalization (weight 1, bias 0, batch statistics,
-        ``eps = 1e-5``) between the matmul and the ReLU, as the lesson's ``bn_*`` runs do.
-
-    Returns:
-      ``(L,)`` array ``s`` with ``s[l] = std(y_{l+1})`` over all ``batch * n`` entries with Bessel's
-      correction (``torch.Tensor.std()``), computed as ``m * std(y / m)``, ``m = max|y|``, so it neither
-      overflows nor underflows while the activations are finite. ``s[l]`` is NaN from the first layer whose
-      activations are not all finite on. Jit-compiled; the layer loop is a ``jax.lax.scan``.
-
-    Raises:
-      ValueError: wrong ranks, non-square kernels, or ``x``'s width not matching ``n``.
-      TypeError: non-floating input.
-    """
-    weights, x = jnp.asarray(weights), jnp.asarray(x)
-    if weights.ndim != 3:
-        raise ValueError(f"layer_stds: expected weights of shape (L, n_in, n_out), got shape {weights.shape}")
-    if weights.shape[1] != weights.shape[2]:
-        raise ValueError("layer_stds: expected square kernels (n_in == n_out, each layer feeds the next), "
-                         f"got weights of shape {weights.shape}")
-    if x.ndim != 2 or x.shape[1] != weights.shape[1]:
-        raise ValueError(f"layer_stds: expected x of shape (batch, {weights.shape[1]}), got shape {x.shape}")
-    if x.shape[0] * x.shape[1] < 2:
-        raise ValueError(f"layer_stds: expected at least 2 activations per layer for a Bessel-corrected std, "
-                         f"got x of shape {x.shape}")
-    dtype = jnp.result_type(weights, x)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"layer_stds: expected floating weights and x, got {weights.dtype} and {x.dtype}")
-    return _layer_stds(weights.astype(dtype), x.astype(dtype), batch_norm=bool(batch_norm))
 
 
 # --------------------------------------------------------------------------------------------- weights, inputs
@@ -172,43 +93,6 @@ def jax_weights_and_input(config: str, *, seed: int = SEED, layers: int = LAYERS
     ``kaiming``/``bn_kaiming``) share weights, as the lesson's ``set_seed(1)`` runs do."""
     k_w, k_x = jax.random.split(jax.random.PRNGKey(seed))
     return make_weights(config, k_w, layers=layers, width=width), jax.random.normal(k_x, (batch, width))
-
-
-def lesson_weights_and_input(config: str, *, seed: int = SEED, layers: int = LAYERS, width: int = WIDTH,
-                             batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """The lesson's exact weights and input, drawn with PyTorch's RNG in the lesson's order.
-
-    ``set_seed(1)``; build 100 ``nn.Linear(bias=False)`` (default init draws) and 100 ``BatchNorm1d`` (no
-    draws); ``initialize()`` (``normal_`` or ``kaiming_normal_``, if the config has it); ``torch.randn``.
-    Returns Flax-layout kernels (the transposes) and the input as NumPy. Needs torch.
-    """
-    import random
-
-    import torch  # optional; only this function needs it
-
-    if config not in CONFIGS:
-        raise ValueError(f"lesson_weights_and_input: expected config in {CONFIGS}, got {config!r}")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    linears = [torch.nn.Linear(width, width, bias=False) for _ in range(layers)]
-    with torch.no_grad():
-        for lin in linears:
-            if _INIT[config] == "normal":
-                torch.nn.init.normal_(lin.weight, std=1.0)
-            elif _INIT[config] == "kaiming":
-                torch.nn.init.kaiming_normal_(lin.weight)
-    x = torch.randn((batch, width))
-    w = np.stack([lin.weight.detach().numpy().T for lin in linears])
-    return w.astype(np.float32), x.numpy().astype(np.float32)
-
-
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------------- summaries
@@ -253,68 +137,6 @@ def print_lesson_style(config: str, stds: Sequence[float], *, file=None) -> None
         print(f"layers:{i}, std:{float(np.float32(s))!r}", file=file)
 
 
-# -------------------------------------------------------------------------------------------------- figure
-def plot(results: dict[str, list], path: Path, *, lesson_weight_results: dict[str, list] | None = None) -> Path:
-    """Std per layer for every config: log scale (top row) and a linear zoom on the stable configs (bottom row).
-
-    The lesson's printed stds are black-edged markers. Zeros (flushed denormals) cannot sit on a log axis: they
-    are triangles on the bottom edge. NaN ends a line; a cross marks the last finite layer before it.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("JAX RNG weights (seed 1)", results)]
-    if lesson_weight_results:
-        panels.append(("lesson's exact weights (PyTorch RNG, seed 1)", lesson_weight_results))
-    fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 8.2), squeeze=False, sharey="row",
-                             gridspec_kw={"height_ratios": [3, 2]})
-    colors = dict(zip(CONFIGS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    floor = 1e-45
-    for col, (title, res) in enumerate(panels):
-        log_ax, lin_ax = axes[0][col], axes[1][col]
-        for config, stds in res.items():
-            s = np.asarray([np.nan if v is None else v for v in stds], dtype=np.float64)
-            layers = np.arange(s.size)
-            c = colors.get(config)
-            lesson = LESSON_STDS.get(config, {})
-            log_ax.semilogy(layers, np.where(s > 0, s, np.nan), color=c, lw=1.6, label=config)
-            log_ax.plot(list(lesson), list(lesson.values()), "o", mfc=c, mec="black", ms=4.5, lw=0)
-            zeros = layers[s == 0]
-            if zeros.size:
-                log_ax.plot(zeros, np.full(zeros.size, floor * 3), "v", color=c, ms=5,
-                            label=f"{config}: std = 0 from layer {zeros[0]} (flushed denormals)")
-            nan_at = first_nan_layer(s)
-            if nan_at is not None and nan_at > 0:
-                log_ax.plot([nan_at - 1], [s[nan_at - 1]], "x", color=c, ms=10, mew=2.5)
-                log_ax.annotate(f"NaN from layer {nan_at}", (nan_at - 1, s[nan_at - 1]), textcoords="offset points",
-                                xytext=(8, -3), color=c, fontsize=9)
-            if config in ("kaiming", "bn_kaiming", "bn_default"):
-                lin_ax.plot(layers, s, color=c, lw=1.4, label=config)
-                lin_ax.plot(list(lesson), list(lesson.values()), "o", mfc=c, mec="black", ms=4.5, lw=0)
-        log_ax.plot([], [], "o", mfc="white", mec="black", ms=5, lw=0, label="lesson's printed std")
-        log_ax.set_title(title, fontsize=11)
-        log_ax.set_ylim(floor, 1e45)
-        log_ax.set_yticks([10.0 ** k for k in range(-40, 41, 10)])
-        log_ax.grid(True, which="major", alpha=0.3)
-        log_ax.legend(fontsize=8, loc="lower left")
-        lin_ax.axhline(np.sqrt(0.5 - 0.5 / np.pi), color="gray", ls=":", lw=1,
-                       label="std of relu(N(0,1)) = 0.584")
-        lin_ax.set_ylim(0, 1.2)
-        lin_ax.set_xlabel("layer")
-        lin_ax.grid(True, alpha=0.3)
-        lin_ax.legend(fontsize=8, loc="lower left", ncol=2)
-    axes[0][0].set_ylabel("std of activations (log scale)")
-    axes[1][0].set_ylabel("std (linear, stable configs)")
-    fig.suptitle("100-layer MLP, width 256, batch 16: activation std after each layer", fontsize=12)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------------------------------- run
 def seed_spread(config: str, seeds: Sequence[int], *, layers: int = LAYERS, width: int = WIDTH,
                 batch: int = BATCH) -> list[float | None]:
@@ -346,8 +168,8 @@ def run(out_dir, *, configs: Sequence[str] = CONFIGS, layers: int = LAYERS, widt
     if verbose:
         for c, s in stds.items():
             print_lesson_style(c, s)
-    exact = weights == "both" or (weights == "auto" and _torch_available())
-    lesson_stds = {c: _stds(c, lesson_weights_and_input(c, **dims)) for c in configs} if exact else None
+    exact = weights == "both" or (weights == "auto" and torch_available())
+    lesson_stds = {c: _stds(c, lesson_weights_and_input(_INIT[c], **dims)) for c in configs} if exact else None
     # Kaiming keeps the *expected* variance per layer, but each layer multiplies it by a random factor, so the
     # std random-walks in log space; one seed's layer-99 value says little without the spread over seeds.
     spread = seed_spread("kaiming", range(1, spread_seeds + 1), layers=layers, width=width, batch=batch) \
@@ -375,9 +197,9 @@ def _write(out: Path, stds: dict, lesson_stds: dict | None) -> dict[str, Path]:
         files["stds_lesson_weights"] = out / "stds_lesson_weights.json"
         files["stds_lesson_weights"].write_text(
             json.dumps({c: _to_json(s) for c, s in lesson_stds.items()}, indent=1) + "\n")
-    files["figure"] = plot({c: _to_json(s) for c, s in stds.items()}, out / "mlp_stds.png",
-                           lesson_weight_results=None if lesson_stds is None else
-                           {c: _to_json(s) for c, s in lesson_stds.items()})
+    files["figure"] = plots.plot_mlp_stds({c: _to_json(s) for c, s in stds.items()}, out / "mlp_stds.png",
+                                          lesson_stds=LESSON_STDS, lesson_weight_results=None if lesson_stds is None
+                                          else {c: _to_json(s) for c, s in lesson_stds.items()})
     print(f"wrote {', '.join(str(p) for p in files.values())}")
     return files
 

@@ -1,4 +1,4 @@
-"""Training curves and summaries of the LeNet runs (figures with matplotlib's file backend, Agg)."""
+"""The studies' figures: LeNet's training curves and the deep MLP's std per layer (matplotlib's file backend, Agg)."""
 
 from __future__ import annotations
 
@@ -98,3 +98,61 @@ def plot_small_batch(table: dict[str, dict], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_mlp_stds(results: dict[str, list], path: Path, *, lesson_stds: dict[str, dict[int, float]],
+                  lesson_weight_results: dict[str, list] | None = None) -> Path:
+    """Std per layer for every config: log scale (top row) and a linear zoom on the stable configs (bottom row).
+
+    The lesson's printed stds are black-edged markers. Zeros (flushed denormals) cannot sit on a log axis: they
+    are triangles on the bottom edge. NaN ends a line; a cross marks the last finite layer before it.
+    """
+    panels = [("JAX RNG weights (seed 1)", results)]
+    if lesson_weight_results:
+        panels.append(("lesson's exact weights (PyTorch RNG, seed 1)", lesson_weight_results))
+    fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 8.2), squeeze=False, sharey="row",
+                             gridspec_kw={"height_ratios": [3, 2]})
+    colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    floor = 1e-45
+    for col, (title, res) in enumerate(panels):
+        log_ax, lin_ax = axes[0][col], axes[1][col]
+        for config, stds in res.items():
+            s = np.asarray([np.nan if v is None else v for v in stds], dtype=np.float64)
+            layers = np.arange(s.size)
+            c = colors.get(config)
+            lesson = lesson_stds.get(config, {})
+            log_ax.semilogy(layers, np.where(s > 0, s, np.nan), color=c, lw=1.6, label=config)
+            log_ax.plot(list(lesson), list(lesson.values()), "o", mfc=c, mec="black", ms=4.5, lw=0)
+            zeros = layers[s == 0]
+            if zeros.size:
+                log_ax.plot(zeros, np.full(zeros.size, floor * 3), "v", color=c, ms=5,
+                            label=f"{config}: std = 0 from layer {zeros[0]} (flushed denormals)")
+            nans = np.flatnonzero(np.isnan(s))
+            nan_at = int(nans[0]) if nans.size else None
+            if nan_at is not None and nan_at > 0:
+                log_ax.plot([nan_at - 1], [s[nan_at - 1]], "x", color=c, ms=10, mew=2.5)
+                log_ax.annotate(f"NaN from layer {nan_at}", (nan_at - 1, s[nan_at - 1]), textcoords="offset points",
+                                xytext=(8, -3), color=c, fontsize=9)
+            if config in ("kaiming", "bn_kaiming", "bn_default"):
+                lin_ax.plot(layers, s, color=c, lw=1.4, label=config)
+                lin_ax.plot(list(lesson), list(lesson.values()), "o", mfc=c, mec="black", ms=4.5, lw=0)
+        log_ax.plot([], [], "o", mfc="white", mec="black", ms=5, lw=0, label="lesson's printed std")
+        log_ax.set_title(title, fontsize=11)
+        log_ax.set_ylim(floor, 1e45)
+        log_ax.set_yticks([10.0 ** k for k in range(-40, 41, 10)])
+        log_ax.grid(True, which="major", alpha=0.3)
+        log_ax.legend(fontsize=8, loc="lower left")
+        lin_ax.axhline(np.sqrt(0.5 - 0.5 / np.pi), color="gray", ls=":", lw=1,
+                       label="std of relu(N(0,1)) = 0.584")
+        lin_ax.set_ylim(0, 1.2)
+        lin_ax.set_xlabel("layer")
+        lin_ax.grid(True, alpha=0.3)
+        lin_ax.legend(fontsize=8, loc="lower left", ncol=2)
+    axes[0][0].set_ylabel("std of activations (log scale)")
+    axes[1][0].set_ylabel("std (linear, stable configs)")
+    fig.suptitle("100-layer MLP, width 256, batch 16: activation std after each layer", fontsize=12)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

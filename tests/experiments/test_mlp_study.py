@@ -1,4 +1,4 @@
-"""experiments.mlp_study.layer_stds against a float64 NumPy loop, at magnitudes where float32 squares fail."""
+"""experiments.common.deep_mlp.layer_stds against a float64 NumPy loop, at magnitudes where float32 squares fail."""
 
 import json
 import math
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from experiments import mlp_study
-from experiments.mlp_study import layer_stds
+from experiments.common import deep_mlp
+from experiments.common.deep_mlp import layer_stds
+from experiments.common.lesson_weights import lesson_weights_and_input
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -108,7 +110,7 @@ def test_all_zero_activations_give_zero_not_nan():
 
 def test_layer_loop_is_a_scan_under_jit():
     w, x = _case(6, layers=5, width=4, batch=3, gain=1.0, x_scale=1.0)
-    jaxpr = str(jax.make_jaxpr(lambda a, b: mlp_study._layer_stds(a, b, batch_norm=True))(w, x))
+    jaxpr = str(jax.make_jaxpr(lambda a, b: deep_mlp._layer_stds(a, b, batch_norm=True))(w, x))
     assert "scan" in jaxpr and "length=5" in jaxpr
 
 
@@ -168,7 +170,8 @@ def lesson_stds():
     pytest.importorskip("torch")
     out = {}
     for config in ("default", "normal", "kaiming", "bn_kaiming"):
-        w, x = mlp_study.lesson_weights_and_input(config)
+        w, x = lesson_weights_and_input(mlp_study._INIT[config], seed=mlp_study.SEED, layers=mlp_study.LAYERS,
+                                        width=mlp_study.WIDTH, batch=mlp_study.BATCH)
         out[config] = np.asarray(layer_stds(w, x, batch_norm=mlp_study._BN[config]), np.float64)
     return out
 
