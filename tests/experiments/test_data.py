@@ -1,8 +1,9 @@
 """experiments.common.images: both folder layouts, CIFAR-10 batches, colour modes, crops, and every data fault.
 
 All images are written by the tests (tiny, solid colours, so the expected normalized values are known exactly
-from the ImageNet mean/std: a solid image stays solid through any resize). The CLI fault tests run
-``python -m experiments.lenet`` in a subprocess and expect exit status 2 with one ``lenet: error:`` line.
+from the ImageNet mean/std: a solid image stays solid through any resize). The CLI fault tests expect exit status
+2 with one ``lenet: error:`` line: one runs ``python -m experiments.lenet`` in a subprocess, the others call
+``lenet.main`` in this process.
 """
 
 from __future__ import annotations
@@ -296,32 +297,47 @@ def _assert_cli_data_error(proc: subprocess.CompletedProcess, *needles: str) -> 
         assert needle in lines[0], lines[0]
 
 
+def lenet_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``lenet.main(args)`` in this process, as a CompletedProcess: what the subprocess would show, without paying
+    an interpreter and a JAX import per case (test_cli_missing_path runs the real command)."""
+    from experiments import lenet
+
+    capsys.readouterr()
+    try:
+        lenet.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def test_cli_missing_path(tmp_path):
     _assert_cli_data_error(lenet_cli("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")),
                            str(tmp_path / "missing"))
 
 
-def test_cli_empty_folder(tmp_path):
+def test_cli_empty_folder(tmp_path, capsys):
     (tmp_path / "d").mkdir()
-    _assert_cli_data_error(lenet_cli("--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")),
+    _assert_cli_data_error(lenet_main(capsys, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")),
                            str(tmp_path / "d"))
 
 
-def test_cli_one_class(tmp_path):
+def test_cli_one_class(tmp_path, capsys):
     image_folder(tmp_path / "d", classes=(("cat", RED),))
-    _assert_cli_data_error(lenet_cli("--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")),
+    _assert_cli_data_error(lenet_main(capsys, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")),
                            str(tmp_path / "d" / "train"), "2 classes")
 
 
-def test_cli_no_valid_split(tmp_path):
+def test_cli_no_valid_split(tmp_path, capsys):
     for name, rgb in (("cat", RED), ("dog", BLUE)):
         write(tmp_path / "d" / "train" / name / "0.png", rgb)
-    _assert_cli_data_error(lenet_cli("--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")),
+    _assert_cli_data_error(lenet_main(capsys, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")),
                            "no 'valid' split", str(tmp_path / "d"))
 
 
-def test_cli_too_many_unreadable(tmp_path):
+def test_cli_too_many_unreadable(tmp_path, capsys):
     image_folder(tmp_path / "d", n_train=1, n_valid=1)
     (tmp_path / "d" / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    _assert_cli_data_error(lenet_cli("--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")),
+    _assert_cli_data_error(lenet_main(capsys, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")),
                            "broken.jpg", "cannot be read")

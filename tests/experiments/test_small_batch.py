@@ -4,8 +4,6 @@ its files, figure and report section, the learning-rate rule, the renorm schedul
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +62,11 @@ def test_learning_rate_scales_with_the_batch_and_renorm_relaxes_its_clips():
     np.testing.assert_allclose(np.asarray(state["schedule"]), [50, 400, 250])
 
 
-def test_cli_help_and_bad_arguments():
-    help_ = subprocess.run([sys.executable, "-m", "experiments.small_batch", "--help"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=120)
-    assert help_.returncode == 0 and all(f in help_.stdout for f in ("--quick", "--seeds", "--norms", "--out"))
-    bad = subprocess.run([sys.executable, "-m", "experiments.small_batch", "--seeds", "0"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--seeds and --epochs must be >= 1" in bad.stderr
+def test_cli_help_and_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as help_:
+        small_batch.main(["--help"])
+    out = capsys.readouterr().out
+    assert help_.value.code == 0 and all(f in out for f in ("--quick", "--seeds", "--norms", "--out"))
+    with pytest.raises(SystemExit) as bad:
+        small_batch.main(["--seeds", "0"])
+    assert bad.value.code == 2 and "--seeds and --epochs must be >= 1" in capsys.readouterr().err
