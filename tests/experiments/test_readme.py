@@ -108,3 +108,22 @@ def test_every_number_of_the_performance_summary_is_in_the_generated_tables():
     assert len(numbers) > 20, numbers
     missing = [n for n in numbers if n not in tables and n not in before]
     assert not missing, f"README's performance numbers not in the generated tables: {missing}"
+
+
+def test_the_lenet_timing_table_is_the_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| run | whole command |"):]
+    table = table[:table.index("\n\n")]
+    bench = ROOT / "benchmarks" / "lenet"
+    seconds = json.loads((bench / "process_seconds.json").read_text())
+    runs = {"experiments.lenet": json.loads((bench / "jax_timing.json").read_text()),
+            "predecoded": json.loads((bench / "torch_predecoded.json").read_text()),
+            "lesson": json.loads((bench / "torch_lesson.json").read_text())}
+    for key, timing in runs.items():
+        row = next(line for line in table.splitlines() if key in line)
+        whole = next(v for k, v in seconds.items() if key in k)
+        expected = [whole, timing["data"], timing["train"], timing["eval"], timing["train_images_per_s"]]
+        if timing.get("compile"):
+            expected.append(timing["compile"])
+        for value in expected:
+            assert f" {value:g}" in row, (key, value, row)
