@@ -351,13 +351,19 @@ def torch_to_flax_variables(
         for name in path[:-1]:
             node = node.setdefault(name, {})
         node[path[-1]] = _as_template_leaf(value, leaf, key, col, path)
+    _check_keys(state_dict, used, missing, strict, "template")
+    return result
+
+
+def _check_keys(state_dict: Mapping[str, Any], used: set, missing: list, strict: bool, target: str) -> None:
+    """Raise ValueError naming the missing keys (and, if ``strict``, the unused ones) of a state dict loaded into
+    ``target``; PyTorch's ``num_batches_tracked`` counters may always be left unused."""
     unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(_COUNTER))
     problems = [f"missing keys {missing}"] if missing else []
     if strict and unexpected:
         problems.append(f"unexpected keys {unexpected} (strict=False ignores them)")
     if problems:
-        raise ValueError("state dict does not match the template: " + "; ".join(problems))
-    return result
+        raise ValueError(f"state dict does not match the {target}: " + "; ".join(problems))
 
 
 def _as_template_leaf(value: np.ndarray, leaf, key: str, col: str, path: tuple[str, ...]) -> jax.Array:

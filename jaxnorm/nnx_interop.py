@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnorm.interop import _COUNTER, _leaf_perm, _to_numpy, _torch_key
+from jaxnorm.interop import _COUNTER, _check_keys, _leaf_perm, _to_numpy, _torch_key
 
 __all__ = ["nnx_to_torch_state_dict", "torch_to_nnx"]
 
@@ -131,12 +131,7 @@ def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bo
         if perm:
             value = value.transpose(np.argsort(perm))
         loads.append((variable, jnp.array(value, dtype=current.dtype)))  # a copy: see interop._to_numpy
-    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(_COUNTER))
-    problems = [f"missing keys {missing}"] if missing else []
-    if strict and unexpected:
-        problems.append(f"unexpected keys {unexpected} (strict=False ignores them)")
-    if problems:
-        raise ValueError("state dict does not match the model: " + "; ".join(problems))
+    _check_keys(state_dict, used, missing, strict, "model")
     for variable, value in loads:
         variable.set_value(value)
     return model
