@@ -53,7 +53,7 @@ import numpy as np
 
 import jaxnorm as jn
 from experiments.common import lesson, plots
-from experiments.common.deep_mlp import layer_stds
+from experiments.common.deep_mlp import layer_stds  # DESIGN.md: experiments.mlp_study.layer_stds
 from experiments.common.lesson_weights import lesson_weights_and_input, torch_available
 
 CONFIGS = ("default", "normal", "kaiming", "bn_kaiming", "bn_default")

@@ -1,4 +1,4 @@
-"""experiments.common.deep_mlp.layer_stds against a float64 NumPy loop, at magnitudes where float32 squares fail."""
+"""experiments.mlp_study.layer_stds against a float64 NumPy loop, at magnitudes where float32 squares fail."""
 
 import json
 import math
@@ -10,8 +10,8 @@ import pytest
 
 from experiments import mlp_study
 from experiments.common import deep_mlp
-from experiments.common.deep_mlp import layer_stds
 from experiments.common.lesson_weights import lesson_weights_and_input
+from experiments.mlp_study import layer_stds  # the contract's name (DESIGN.md)
 
 F32_MAX = float(np.finfo(np.float32).max)
 
