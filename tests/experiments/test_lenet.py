@@ -254,6 +254,18 @@ def test_synthetic_run_writes_metrics_curves_timing_and_precise_bn(tmp_path, cap
     assert precise["batches"] == 10 and 0 <= precise["valid_acc_after"] <= 1
 
 
+def test_nnx_models_train_to_the_linen_models_metrics(tmp_path):
+    """``--api nnx``: the same three configs as NNX modules with ``nnx.Optimizer``, from the same initial weights."""
+    runs = {api: lenet.main(["--data", "synthetic", "--out", str(tmp_path / api), "--epochs", "1", "--api", api])
+            for api in ("linen", "nnx")}
+    assert list(runs["nnx"]) == list(runs["linen"]) == ["plain", "init", "bn"]
+    for config, linen_history in runs["linen"].items():
+        for got, want in zip(runs["nnx"][config], linen_history, strict=True):
+            assert set(got) == set(want)
+            for key, value in want.items():
+                np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-7, err_msg=f"{config} {key}")
+
+
 def test_divergence_is_reported_and_stop_keeps_the_metrics_up_to_there(tmp_path, capsys):
     metrics = lenet.main(["--data", "synthetic", "--out", str(tmp_path), "--epochs", "4", "--config", "init",
                           "--on-nan", "stop"])
