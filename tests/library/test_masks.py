@@ -159,7 +159,7 @@ def test_masked_statistics_stay_stable_at_large_offsets(offset):
     mask[:, :, 5:] &= RNG.uniform(size=(32, 1, 3)) < 0.5
     xp = np.where(mask, x, 1e30).astype(np.float32)
     y, _ = jn.batch_norm_1d(jnp.asarray(xp), {}, {}, train=True, mask=jnp.asarray(mask))
-    assert np.abs(np.asarray(y) - _np_normalize(x, mask, (0, 2))).max() <= 2e-6 * 1.5
+    assert np.abs(np.asarray(y) - _np_normalize(x, mask, (0, 2))).max() <= 6e-6  # README's stability bound, masked or not
 
 
 def test_per_example_masks_under_vmap_equal_one_by_one():

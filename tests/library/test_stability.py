@@ -14,9 +14,10 @@ def _reference(x, axes, eps=1e-5):
     return (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
 
 
-# README: "at per-channel offsets up to 1e5 with std 1e-2 the normalized output is within 3e-6 of a float64
-# reference" (the worst case measured is 2.2e-6: BatchNorm NCHW at offset 1e3, std 1).
-CLAIM = 3e-6
+# README: "at per-channel offsets up to 1e5 with std 1e-2 the normalized output is within 6e-6 of a float64
+# reference". The worst measured is BatchNorm's: 2.2e-6 with jax 0.10.2, 5.5e-6 with jax 0.8.1 (the declared
+# minimum), where XLA orders the reductions differently.
+CLAIM = 6e-6
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e2, 1e3, 1e4, 1e5])
@@ -65,9 +66,10 @@ def test_half_precision_large_values_stay_finite(dtype):
         assert out.dtype == dtype and np.isfinite(np.asarray(out, np.float32)).all()
 
 
-# README: "A NaN or Inf in one statistics group stays in that group; the others' outputs change by at most 1e-6."
-# (They change at all because the whole batch then takes the shifted sums; measured: 2.4e-7 BN, 7.2e-7 LN/GN/IN.)
-ISOLATION = 1e-6
+# README: "A NaN or Inf stays in its statistics group: the other groups' outputs change by at most 2e-6." They
+# change at all because the whole batch then takes the shifted sums; the worst measured is 1.07e-6 (InstanceNorm,
+# jax 0.8.1).
+ISOLATION = 2e-6
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
