@@ -8,6 +8,8 @@ diverges, one bitwise rerun); with them every test of the fast suite (`-m "not s
 """
 
 import os
+import shutil
+import tempfile
 
 # Read when the GPU backend starts (first use), so setting it here, before any test runs, takes effect.
 if "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
@@ -17,3 +19,26 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+    """One XLA compilation cache per test run, empty when the run starts and shared by the xdist workers and the
+    subprocesses that tests start (they inherit the environment): a program that several tests compile -- the
+    LeNet steps, the CLI runs, identical references -- is compiled once per run. Nothing carries over between runs
+    (the folder is removed at the end), so the suite's time is that of a cold start. A cache folder set by the
+    caller is used as it is."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="jaxnorm-tests-xla-cache-")
+        config._jaxnorm_cache_folder = folder
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # jax read its environment when conftest imported it
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")))
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_jaxnorm_cache_folder", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
