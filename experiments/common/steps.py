@@ -22,7 +22,7 @@ from flax import nnx
 
 import jaxnorm as jn
 from experiments.common import models
-from experiments.common.compile import jit_run_once
+from experiments.common.compile import jit_quick_compile
 from experiments.common.training import State, Task, cross_entropy, init_key
 
 
@@ -71,7 +71,7 @@ def linen_task(model, tx: optax.GradientTransformation, sample_x, *, init_model=
     def eval_step(state, x, y, mask):
         return _eval_sums(model.apply(variables(state["params"], state["batch_stats"]), x, train=False), y, mask)
 
-    return Task(jit_run_once(initial), train_step, eval_step, lambda: jax.eval_shape(initial, 0))
+    return Task(jit_quick_compile(initial), train_step, eval_step, lambda: jax.eval_shape(initial, 0))
 
 
 def update_count(state: State):
@@ -102,7 +102,7 @@ def nnx_task(config: str, classes: int, tx: optax.GradientTransformation, sample
     graphdef, abstract = _nnx_parts(config, classes, tx)
 
     def init(seed):
-        init_linen = jit_run_once(functools.partial(models.make_model(config, classes).init, train=False))
+        init_linen = jit_quick_compile(functools.partial(models.make_model(config, classes).init, train=False))
         variables = init_linen(init_key(seed), sample_x)
         model = nnx.eval_shape(lambda: models.NnxLeNet(classes, bn=config == "bn", rngs=nnx.Rngs(0)))
         jn.torch_to_nnx(jn.flax_to_torch_state_dict(variables), model)

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from experiments.common import devices
-from experiments.common.compile import compile_options
+from experiments.common.compile import compile_options, jit_quick_compile
 from experiments.common.images import Dataset, crop, crop_offsets
 
 State = Any  # a pytree: {"params", "batch_stats", "opt_state"} (linen) or an NNX state
@@ -75,15 +75,17 @@ def epoch_keys(seed, epoch) -> tuple[jax.Array, jax.Array]:
     return perm_key, crop_key
 
 
-@jax.jit
 def _order(seed, epoch, positions):
     perm_key, crop_key = epoch_keys(seed, epoch)
     return jax.random.permutation(perm_key, positions), crop_offsets(crop_key, positions.shape[0])
 
 
+_order_compiled = jit_quick_compile(_order)  # integers only, a few microseconds a run: compile it quickly
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(permutation of range(n), (n, 2) crop offsets)`` of one epoch; offsets follow the epoch's order."""
-    order, offsets = _order(np.int32(seed), np.int32(epoch), jnp.arange(n))
+    order, offsets = _order_compiled(np.int32(seed), np.int32(epoch), jnp.arange(n))
     return np.asarray(order), np.asarray(offsets)
 
 

@@ -352,8 +352,16 @@ def test_killed_run_resumes_to_identical_metrics_and_skips_a_corrupt_checkpoint(
     assert got == want  # bit-for-bit: every epoch's order and crops come from (seed, epoch) only
 
 
+def test_the_quickly_compiled_epoch_order_is_the_default_compiled_one_bit_for_bit():
+    for seed, epoch, n in ((1, 0, 600), (1, 9, 166), (7, 3, 5)):
+        args = (np.int32(seed), np.int32(epoch), jnp.arange(n))
+        quick, default = training._order_compiled(*args), jax.jit(training._order)(*args)
+        for a, b in zip(quick, default, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_initialization_compiled_for_a_single_run_equals_the_default_to_one_ulp():
-    """experiments.common.compile.RUN_ONCE (no backend optimization) only makes compiling faster: LeNet_bn's initial
+    """experiments.common.compile.QUICK_COMPILE (no backend optimization) only makes compiling faster: LeNet_bn's initial
     weights equal the default-compiled ones to one float32 ulp of their range (the uniform draws' affine map rounds
     differently without backend optimization)."""
     model, x = models.LeNetBN(), jnp.zeros((1, 32, 32, 3))
@@ -361,7 +369,7 @@ def test_initialization_compiled_for_a_single_run_equals_the_default_to_one_ulp(
     def init(seed):
         return model.init(training.init_key(seed), x, train=False)
 
-    fast, default = compile.jit_run_once(init)(1), jax.jit(init)(1)
+    fast, default = compile.jit_quick_compile(init)(1), jax.jit(init)(1)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default), strict=True):
         a, b = np.asarray(a), np.asarray(b)
         # the draws are U(-bound, bound) with bounds up to 0.115 (conv1): one ulp there is 2**-27 = 7.45e-9
