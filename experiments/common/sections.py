@@ -21,6 +21,11 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def _within(claim: str, value: float, bound: float) -> str:
+    """A derived conclusion with its number: ``"<claim> within <bound>: yes (<value>)"``."""
+    return f"{claim} within {f'{bound:.0e}'.replace('e-0', 'e-')}: {_yes(value <= bound)} ({value:.1e})"
+
+
 def bn_running_stats(r: dict, out: Path) -> str:
     rows, printed = [], lesson.BN_RUNNING_STATS["bn1d"]
     for it in r["bn1d"]["iterations"]:
@@ -43,9 +48,8 @@ def bn_running_stats(r: dict, out: Path) -> str:
         "Shapes after two iterations (the lesson prints `torch.Size([C])` for all four in 1d, 2d and 3d) and the "
         "largest difference from the hand computation over both iterations and statistics:",
         md.table(["demo", "input", "running_mean", "running_var", "weight", "bias", "max |jaxnorm − hand|"], shapes),
-        f"Equal to the hand computation within 1e-6 in every demo: {_yes(worst <= 1e-6)} (largest difference "
-        f"{worst:.1e}); equal to the lesson's printed BatchNorm1d values within 1e-6: {_yes(diff_lesson <= 1e-6)} "
-        f"({diff_lesson:.1e}).",
+        _within("Equal to the hand computation in every demo", worst, 1e-6) + "; "
+        + _within("equal to the lesson's printed BatchNorm1d values", diff_lesson, 1e-6) + ".",
         md.image(r["files"]["figure"], out, "BN running statistics"),
     ]) + "\n"
 
@@ -130,10 +134,9 @@ def norm_compare(r: dict, out: Path) -> str:
         f"scale; GN with {r['num_groups']} groups; identity affine. Each norm on its own groups, and its largest "
         "difference from a float64 NumPy implementation:",
         md.table(["norm", "statistics over", "groups", "max |group mean|", "std min … max", "vs NumPy float64"], own),
-        f"Each norm zeroes the mean of its own groups (max |group mean| ≤ 1e-6): {_yes(diagonal <= 1e-6)} "
-        f"({diagonal:.1e}); agrees with float64 NumPy within 1e-5: {_yes(worst_numpy <= 1e-5)} ({worst_numpy:.1e}); "
-        f"GN(1 group) ≡ LN and GN(C groups) ≡ IN within 1e-5: {_yes(worst_identity <= 1e-5)} "
-        f"({worst_identity:.1e}).",
+        "; ".join([_within("Each norm zeroes the mean of its own groups (max |group mean|)", diagonal, 1e-6),
+                   _within("agrees with float64 NumPy", worst_numpy, 1e-5),
+                   _within("GN(1 group) ≡ LN and GN(C groups) ≡ IN", worst_identity, 1e-5)]) + ".",
         md.image(r["files"]["stats_figure"], out, "grouping statistics"),
     ]) + "\n"
 

@@ -59,7 +59,7 @@ def test_the_running_statistics_section_shows_the_computed_values(tmp_path):
     for it in computed["iterations"]:  # the jaxnorm column is the stage's own output, not the lesson's constant
         row = next(line for line in text.splitlines() if line.startswith(f"| {it['iteration']} | running_mean |"))
         assert row.split(" | ")[2] == "[" + ", ".join(f"{v:.4f}" for v in it["running_mean"]) + "]"
-    assert "Equal to the hand computation within 1e-6 in every demo: yes" in text
+    assert "Equal to the hand computation in every demo within 1e-6: yes" in text
 
 
 def test_sub_cli_command_lines(tmp_path):
