@@ -224,7 +224,7 @@ def main(argv=None):
 def report(args, seconds, results, wall):
     """Print the split and write it, with every epoch's metrics, to ``--json``."""
     images = sum(r["train_images"] for h in results.values() for r in h)
-    timing = {"mode": args.mode, "data_source": str(args.data or EMBEDDED), "wall": round(wall, 3),
+    timing = {"mode": args.mode, "data_source": str(args.data or EMBEDDED.relative_to(EMBEDDED.parents[1])), "wall": round(wall, 3),
               **{k: round(v, 3) for k, v in seconds.items()}, "other": round(wall - sum(seconds.values()), 3),
               "train_images": images, "train_images_per_s": round(images / seconds["train"], 1),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "metrics": results}
