@@ -12,9 +12,10 @@ on two CPU cores). Kept because they pay; measured on the project's 2-core VM, X
   - The epoch order (a permutation of the training set and its crop offsets; integers, so bit-identical to the
     default-compiled program, tested): traced and compiled in 0.26 s instead of 0.92 s; its 30 runs in a LeNet run
     take 21 ms instead of 14 ms.
- Never on a program partitioned over several devices: at optimization level 0,
-  XLA:CPU computed wrong conv/BN gradients for LeNet_bn split over 4 devices with 2 images each (the same program
-  compiled with the defaults was right to 1e-7) — that was the ``--devices 4`` drift.
+
+  Never on a program partitioned over several devices: at optimization level 0, XLA:CPU computed wrong conv/BN
+  gradients for LeNet_bn split over 4 devices with 2 images each (the same program compiled with the defaults was
+  right to 1e-7) — that was the ``--devices 4`` drift.
 * :func:`compile_options` ``("step" | "eval")`` — the programs that run every batch or epoch: only the classic
   emitters (``xla_cpu_use_fusion_emitters=False``): LeNet_bn's training step compiles in 1.5 s instead of 2.4 s
   and runs as fast (5.5 vs 6.0 ms), LeNet's in 0.7 s instead of 1.1 s (5.6 vs 5.3 ms); about 1 s of a run.

@@ -80,7 +80,7 @@ def _order(seed, epoch, positions):
     return jax.random.permutation(perm_key, positions), crop_offsets(crop_key, positions.shape[0])
 
 
-_order_compiled = jit_quick_compile(_order)  # integers only, a few microseconds a run: compile it quickly
+_order_compiled = jit_quick_compile(_order)  # integers only and a negligible run time: compile it quickly
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> tuple[np.ndarray, np.ndarray]:
