@@ -109,8 +109,13 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import jaxnorm as jn
 from experiments.common.hlo import hlo_traffic
 from experiments.common.timing import paired_ratios, time_interleaved
 
@@ -343,9 +348,6 @@ def _jax_impl(apply, p: Problem, params, state, mask) -> Impl:
 
     The mask is an argument of the jitted functions, not a closure constant, so XLA cannot specialize on its value.
     """
-    import jax
-    import jax.numpy as jnp
-
     x, dy = jnp.asarray(p.x), jnp.asarray(p.dy)
     mask = None if mask is None else jnp.asarray(mask)
     fwd = jax.jit(apply)
@@ -373,10 +375,6 @@ def _jax_impl(apply, p: Problem, params, state, mask) -> Impl:
 
 def build_jaxnorm(case: Case, p: Problem, opts: Options, *, use_mask: bool = True) -> Impl:
     """jaxnorm's functional API on x in the case's own layout (``use_mask=False``: ignore the case's mask)."""
-    import jax.numpy as jnp
-
-    import jaxnorm as jn
-
     axis = case.channel_axis
     params = {"weight": jnp.asarray(p.weight)} | ({} if p.bias is None else {"bias": jnp.asarray(p.bias)})
     stats = jn.batch_norm_init(p.x.shape[axis])[1] if case.op == "batch_norm_2d" else {}
@@ -402,8 +400,6 @@ def build_jaxnorm_nomask(case: Case, p: Problem, opts: Options) -> Impl:
 
 
 def _flax_module(case: Case, fast_variance: bool):
-    import flax.linen as nn
-
     if case.op == "batch_norm_2d":
         # flax momentum is the weight of the *old* running value: 0.9 == PyTorch's 0.1.
         return nn.BatchNorm(use_running_average=False, axis=case.channel_axis, momentum=0.9, epsilon=EPS,
@@ -417,8 +413,6 @@ def _flax_module(case: Case, fast_variance: bool):
 
 def build_flax(case: Case, p: Problem, opts: Options) -> Impl:
     """flax.linen's BatchNorm / GroupNorm / LayerNorm / RMSNorm with ``opts``' variance formula."""
-    import jax.numpy as jnp
-
     mod = _flax_module(case, opts.flax_fast_variance)
     params = {"scale": jnp.asarray(p.weight)} | ({} if p.bias is None else {"bias": jnp.asarray(p.bias)})
     if case.op == "batch_norm_2d":
@@ -910,9 +904,6 @@ def _cpu_model() -> str | None:
 
 def environment() -> dict:
     """Versions, machine, date and commit, recorded next to the numbers."""
-    import flax
-    import jax
-
     env = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
            "python": platform.python_version(), "machine": platform.machine(), "cpu_model": _cpu_model(),
            "cpu_count": os.cpu_count(), "jax": jax.__version__, "jaxlib": metadata.version("jaxlib"),
@@ -935,7 +926,6 @@ def resolve_torch_device(requested: str | None) -> str:
         if requested not in ("cpu", "cuda"):
             raise ValueError(f"--torch-device: expected 'cpu' or 'cuda', got {requested!r}")
         return requested
-    import jax
     import torch
 
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
