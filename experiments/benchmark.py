@@ -117,6 +117,7 @@ import numpy as np
 
 import jaxnorm as jn
 from experiments.common.hlo import hlo_traffic
+from experiments.common.lesson_weights import torch_available
 from experiments.common.timing import paired_ratios, time_interleaved
 
 __all__ = ["CASES", "CrossCheckError", "bytes_moved", "format_table", "hlo_traffic", "main", "reference",
@@ -497,15 +498,6 @@ def _builders() -> dict[str, Callable[[Case, Problem, Options], Impl]]:
     """Looked up at run time, so that a test can replace one builder with a wrong one."""
     return {"jaxnorm": build_jaxnorm, "jaxnorm_nomask": build_jaxnorm_nomask, "flax": build_flax,
             "torch": build_torch}
-
-
-def torch_available() -> bool:
-    """True when PyTorch imports (it is optional)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def case_impls(case: Case, with_torch: bool) -> tuple[str, ...]:

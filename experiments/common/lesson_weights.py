@@ -37,6 +37,7 @@ def lesson_weights_and_input(init: str, *, seed: int, layers: int, width: int,
 
 
 def torch_available() -> bool:
+    """True when PyTorch imports (it is optional: a test oracle, never a dependency)."""
     try:
         import torch  # noqa: F401
     except ImportError:
