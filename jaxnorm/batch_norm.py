@@ -6,6 +6,7 @@ Spec: statistics over every axis except the channel axis; parameters and running
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Sequence
 
 import jax
@@ -115,17 +116,9 @@ def _batch_norm(name: str, x, params, batch_stats, *, train: bool, momentum, eps
 
 
 def batch_norm(
-    x: jax.Array,
-    params: Params,
-    batch_stats: BatchStats,
-    *,
-    train: bool,
-    momentum: float | None = 0.1,
-    eps: float = 1e-5,
-    axis: int = 1,
-    axis_name: Hashable | None = None,
-    axis_index_groups: Sequence[Sequence[int]] | None = None,
-    mask: jax.Array | None = None,
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None,
+    axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
     virtual_batch_size: int | None = None,
 ) -> tuple[jax.Array, BatchStats]:
     r"""Batch normalization over all axes but the channel ``axis``; returns ``(y, new_batch_stats)``.
@@ -173,19 +166,20 @@ def batch_norm(
                        virtual_batch_size=virtual_batch_size)
 
 
+_SIGNATURE = inspect.signature(batch_norm)
+
+
 def _ranked(name: str, ranks: tuple[int, ...], layout: str):
-    def fn(
-        x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
-        eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None,
-        axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
-        virtual_batch_size: int | None = None,
-    ) -> tuple[jax.Array, BatchStats]:
-        _checks.check_rank(name, x, ranks, layout)
-        return _batch_norm(name, x, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
-                           axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask,
-                           virtual_batch_size=virtual_batch_size)
+    """``batch_norm`` (same signature) for inputs of the given ranks, its errors naming ``name``."""
+
+    def fn(*args, **kwargs) -> tuple[jax.Array, BatchStats]:
+        call = _checks.bind(name, _SIGNATURE, args, kwargs)
+        _checks.check_rank(name, call["x"], ranks, layout)
+        return _batch_norm(name, **call)
 
     fn.__name__ = fn.__qualname__ = name
+    fn.__signature__ = _SIGNATURE
+    fn.layout = layout
     fn.__doc__ = (f"{batch_norm.__doc__.splitlines()[0]}\n\n    PyTorch ``{name}`` rank check: {layout}. "
                   "Arguments and return value as :func:`batch_norm`.")
     return fn

@@ -41,18 +41,9 @@ def _check_clip(name: str, value, minimum: float, what: str) -> jax.Array:
 
 
 def batch_renorm(
-    x: jax.Array,
-    params: Params,
-    batch_stats: BatchStats,
-    *,
-    train: bool,
-    momentum: float | None = 0.1,
-    eps: float = 1e-5,
-    r_max: float | jax.Array = 3.0,
-    d_max: float | jax.Array = 5.0,
-    axis: int = 1,
-    axis_name: Hashable | None = None,
-    axis_index_groups: Sequence[Sequence[int]] | None = None,
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, r_max: float | jax.Array = 3.0, d_max: float | jax.Array = 5.0, axis: int = 1,
+    axis_name: Hashable | None = None, axis_index_groups: Sequence[Sequence[int]] | None = None,
     mask: jax.Array | None = None,
 ) -> tuple[jax.Array, BatchStats]:
     """Batch Renormalization; returns ``(y, new_batch_stats)`` with :func:`jaxnorm.batch_norm`'s keys and update.

@@ -58,16 +58,8 @@ def _instance_norm(name: str, x, params, batch_stats, *, train, momentum, eps, a
 
 
 def instance_norm(
-    x: jax.Array,
-    params: Params,
-    batch_stats: BatchStats,
-    *,
-    train: bool,
-    momentum: float | None = 0.1,
-    eps: float = 1e-5,
-    axis: int = 1,
-    axis_name: Hashable | None = None,
-    mask: jax.Array | None = None,
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None, mask: jax.Array | None = None,
 ) -> tuple[jax.Array, BatchStats]:
     r"""Instance normalization of a batched input (N, C, *spatial) (or channels-last with ``axis=-1``).
 
@@ -113,6 +105,7 @@ def _ranked(name: str, batched_rank: int, layout: str):
         return (y[0] if unbatched else y), stats
 
     fn.__name__ = fn.__qualname__ = name
+    fn.layout = layout
     fn.__doc__ = (f"Instance normalization with PyTorch ``{name}``'s rank check: {layout} (an unbatched input is "
                   "normalized as a batch of one). Arguments and return value as :func:`instance_norm`; ``axis`` "
                   "refers to the batched layout.")

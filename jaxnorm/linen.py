@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import _checks
+from jaxnorm._per_rank import per_rank
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d
 from jaxnorm.batch_renorm import batch_renorm
 from jaxnorm.frozen import FROZEN_KEYS, frozen_batch_norm
@@ -91,22 +92,9 @@ class _BatchNorm(_Stateful):
         return {"axis_index_groups": self.axis_index_groups, "virtual_batch_size": self.virtual_batch_size}
 
 
-class BatchNorm1d(_BatchNorm):
-    """``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L); see :func:`jaxnorm.batch_norm`."""
-
-    _function = staticmethod(batch_norm_1d)
-
-
-class BatchNorm2d(_BatchNorm):
-    """``torch.nn.BatchNorm2d``: input (N, C, H, W); see :func:`jaxnorm.batch_norm`."""
-
-    _function = staticmethod(batch_norm_2d)
-
-
-class BatchNorm3d(_BatchNorm):
-    """``torch.nn.BatchNorm3d``: input (N, C, D, H, W); see :func:`jaxnorm.batch_norm`."""
-
-    _function = staticmethod(batch_norm_3d)
+BatchNorm1d = per_rank(_BatchNorm, batch_norm_1d, "BatchNorm1d", __name__)
+BatchNorm2d = per_rank(_BatchNorm, batch_norm_2d, "BatchNorm2d", __name__)
+BatchNorm3d = per_rank(_BatchNorm, batch_norm_3d, "BatchNorm3d", __name__)
 
 
 class BatchRenorm(_Stateful):
@@ -124,24 +112,16 @@ class BatchRenorm(_Stateful):
         return _stateful_call(self, x, train, mask, clips)
 
 
-class InstanceNorm1d(_Stateful):
-    """``torch.nn.InstanceNorm1d`` (defaults ``affine=False``, ``track_running_stats=False``)."""
+class _InstanceNorm(_Stateful):
+    """PyTorch's InstanceNorm defaults: ``affine=False``, ``track_running_stats=False``."""
 
     affine: bool = False
     track_running_stats: bool = False
-    _function = staticmethod(instance_norm_1d)
 
 
-class InstanceNorm2d(InstanceNorm1d):
-    """``torch.nn.InstanceNorm2d``: input (C, H, W) or (N, C, H, W)."""
-
-    _function = staticmethod(instance_norm_2d)
-
-
-class InstanceNorm3d(InstanceNorm1d):
-    """``torch.nn.InstanceNorm3d``: input (C, D, H, W) or (N, C, D, H, W)."""
-
-    _function = staticmethod(instance_norm_3d)
+InstanceNorm1d = per_rank(_InstanceNorm, instance_norm_1d, "InstanceNorm1d", __name__)
+InstanceNorm2d = per_rank(_InstanceNorm, instance_norm_2d, "InstanceNorm2d", __name__)
+InstanceNorm3d = per_rank(_InstanceNorm, instance_norm_3d, "InstanceNorm3d", __name__)
 
 
 class LayerNorm(nn.Module):

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnorm import _checks
+from jaxnorm._per_rank import per_rank
 from jaxnorm._types import PARAM_KEYS, STATS_KEYS
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
 from jaxnorm.frozen import FROZEN_KEYS, frozen_batch_norm
@@ -74,15 +75,9 @@ class _Stateful(nnx.Module):
         self.running_mean = _variable(nnx.BatchStat, stats, "running_mean")
         self.running_var = _variable(nnx.BatchStat, stats, "running_var")
         self.num_batches_tracked = _variable(nnx.BatchStat, stats, "num_batches_tracked")
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.axis = axis
-        self.axis_name = axis_name
-        self.use_running_average = use_running_average
-        self.param_dtype = param_dtype
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.track_running_stats, self.use_running_average = track_running_stats, use_running_average
+        self.axis, self.axis_name, self.param_dtype = axis, axis_name, param_dtype
 
     def _options(self) -> dict[str, Any]:
         """Keyword arguments of this family's pure function beyond the shared ones."""
@@ -150,22 +145,9 @@ class _BatchNorm(_Stateful):
         return {"axis_index_groups": self.axis_index_groups, "virtual_batch_size": self.virtual_batch_size}
 
 
-class BatchNorm1d(_BatchNorm):
-    """``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L); see :func:`jaxnorm.batch_norm`."""
-
-    _function = staticmethod(batch_norm_1d)
-
-
-class BatchNorm2d(_BatchNorm):
-    """``torch.nn.BatchNorm2d``: input (N, C, H, W) (``axis=-1``: (N, H, W, C)); see :func:`jaxnorm.batch_norm`."""
-
-    _function = staticmethod(batch_norm_2d)
-
-
-class BatchNorm3d(_BatchNorm):
-    """``torch.nn.BatchNorm3d``: input (N, C, D, H, W); see :func:`jaxnorm.batch_norm`."""
-
-    _function = staticmethod(batch_norm_3d)
+BatchNorm1d = per_rank(_BatchNorm, batch_norm_1d, "BatchNorm1d", __name__)
+BatchNorm2d = per_rank(_BatchNorm, batch_norm_2d, "BatchNorm2d", __name__)
+BatchNorm3d = per_rank(_BatchNorm, batch_norm_3d, "BatchNorm3d", __name__)
 
 
 class _InstanceNorm(_Stateful):
@@ -182,22 +164,9 @@ class _InstanceNorm(_Stateful):
                          use_running_average=use_running_average, param_dtype=param_dtype)
 
 
-class InstanceNorm1d(_InstanceNorm):
-    """``torch.nn.InstanceNorm1d``: input (C, L) or (N, C, L)."""
-
-    _function = staticmethod(instance_norm_1d)
-
-
-class InstanceNorm2d(_InstanceNorm):
-    """``torch.nn.InstanceNorm2d``: input (C, H, W) or (N, C, H, W)."""
-
-    _function = staticmethod(instance_norm_2d)
-
-
-class InstanceNorm3d(_InstanceNorm):
-    """``torch.nn.InstanceNorm3d``: input (C, D, H, W) or (N, C, D, H, W)."""
-
-    _function = staticmethod(instance_norm_3d)
+InstanceNorm1d = per_rank(_InstanceNorm, instance_norm_1d, "InstanceNorm1d", __name__)
+InstanceNorm2d = per_rank(_InstanceNorm, instance_norm_2d, "InstanceNorm2d", __name__)
+InstanceNorm3d = per_rank(_InstanceNorm, instance_norm_3d, "InstanceNorm3d", __name__)
 
 
 class LayerNorm(nnx.Module):
