@@ -11,11 +11,12 @@ import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
-Module = TypeVar("Module", bound=type)
+ModuleClass = TypeVar("ModuleClass", bound=type)
 
 
-def per_rank(base: Module, function: Callable, name: str, module: str) -> Module:
-    """The subclass ``name`` of ``base`` (defined in ``module``) whose ``_function`` is the rank-checked ``function``."""
-    doc = f"``torch.nn.{name}``: input {function.layout}; calls :func:`jaxnorm.{function.__name__}`.\n\n{inspect.cleandoc(base.__doc__)}"
+def per_rank(base: ModuleClass, function: Callable, name: str, module: str) -> ModuleClass:
+    """The subclass ``name`` of ``base`` (defined in ``module``) that calls the rank-checked ``function``."""
+    doc = (f"``torch.nn.{name}``: input {function.layout}; calls :func:`jaxnorm.{function.__name__}`.\n\n"
+           + inspect.cleandoc(base.__doc__))
     namespace = {"__doc__": doc, "__module__": module, "__qualname__": name, "_function": staticmethod(function)}
     return type(base)(name, (base,), namespace)
