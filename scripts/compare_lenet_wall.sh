@@ -17,14 +17,13 @@ scratch="$(mktemp -d)"
 trap 'git worktree remove --force "$scratch/before" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
 git worktree add --detach "$scratch/before" "$rev" >/dev/null
 
+source scripts/real_seconds.sh
 times=()
 one() {  # one SIDE DIR: the real time of one run, appended to times as "SIDE SECONDS"
-  local start end
-  start=$(date +%s.%N)
-  (cd "$2" && PYTHONPATH="$2" python -m experiments.lenet --data "$data" --out "$scratch/out_$1") \
-    > "$scratch/log" 2>&1 || { cat "$scratch/log"; exit 1; }
-  end=$(date +%s.%N)
-  times+=("$1" "$(python -c "print(round($end - $start, 3))")")
+  local seconds
+  seconds=$(real_seconds "$scratch/log" env -C "$2" PYTHONPATH="$2" python -m experiments.lenet --data "$data" \
+    --out "$scratch/out_$1")
+  times+=("$1" "$seconds")
   echo "round $round $1: ${times[-1]} s"
 }
 for round in $(seq "$rounds"); do
@@ -39,11 +38,13 @@ runs = {"before": [], "after": []}
 for side, seconds in zip(pairs[::2], pairs[1::2]):
     runs[side].append(float(seconds))
 median = {side: statistics.median(v) for side, v in runs.items()}
+paired = statistics.median(a / b for a, b in zip(runs["after"], runs["before"]))  # each round's own ratio
 record = {"what": "real time of `python -m experiments.lenet --data ../shared/data/cats_dogs` (three configs), "
                   "alternating runs (scripts/compare_lenet_wall.sh)",
           "date": datetime.date.today().isoformat(), "before": rev, "after": head, "runs": runs, "median": median,
-          "after_over_before": round(median["after"] / median["before"], 4)}
+          "after_over_before": round(median["after"] / median["before"], 4),
+          "paired_ratio_median": round(paired, 4)}
 open(path, "w").write(json.dumps(record, indent=1) + "\n")
 print(f"median before {median['before']:.2f} s, after {median['after']:.2f} s: "
-      f"x{record['after_over_before']:.3f}; wrote {path}")
+      f"x{record['after_over_before']:.3f} (median of the rounds' own ratios x{paired:.3f}); wrote {path}")
 PY

@@ -11,14 +11,11 @@ mkdir -p "$out"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
+source scripts/real_seconds.sh
 declare -A seconds
 run() {  # run LABEL COMMAND...: the command's real time in seconds, into seconds[LABEL]
   local label="$1"; shift
-  local start end
-  start=$(date +%s.%N)
-  "$@" > "$scratch/log" 2>&1 || { cat "$scratch/log"; exit 1; }
-  end=$(date +%s.%N)
-  seconds["$label"]=$(python -c "print(round($end - $start, 3))")
+  seconds["$label"]=$(real_seconds "$scratch/log" "$@")
   echo "$label: ${seconds[$label]} s"
 }
 
