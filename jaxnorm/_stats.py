@@ -72,6 +72,10 @@ class Moments(NamedTuple):
 # formula's error is the same expression with μ replaced by μ − s, and |μ − s| (one sample from the mean) is ≲ 2σ,
 # so K = 4 keeps the plain formula within the shifted formula's typical bound.
 _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR = 4.0
+# Below this many elements (as the function sees ``x``: per example under vmap, per device under shard_map) the CPU
+# too takes the shifted sums directly: there the conditional costs more than the plain sums save, at run time (one
+# kernel launch dominates) and in trace and compile time (it doubles the statistics' program).
+_PLAIN_SUMS_MIN_SIZE = 4096
 
 
 def _plain_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array]:
@@ -189,9 +193,12 @@ def local_moments(x: jax.Array, reduce_axes: Axes, mask: jax.Array | None = None
         mean_square = jnp.sum(_valid(jnp.square(x), mask), axis=reduce_axes, keepdims=True) / n
         zero = jnp.zeros_like(mean_square)
         return Moments(zero, zero, mean_square, count)
-    cpu = partial(_plain_or_shifted_moments, reduce_axes=reduce_axes, n=n)
-    default = partial(_shifted_moments, reduce_axes=reduce_axes, n=n)
-    hi, lo, var = lax.platform_dependent(x, mask, cpu=cpu, default=default)
+    shifted = partial(_shifted_moments, reduce_axes=reduce_axes, n=n)
+    if x.size < _PLAIN_SUMS_MIN_SIZE:
+        hi, lo, var = shifted(x, mask)
+    else:
+        cpu = partial(_plain_or_shifted_moments, reduce_axes=reduce_axes, n=n)
+        hi, lo, var = lax.platform_dependent(x, mask, cpu=cpu, default=shifted)
     return Moments(hi, lo, jnp.maximum(var, 0.0), count)
 
 
