@@ -154,6 +154,7 @@ def test_json_writes_nan_as_null():
     assert mlp_study._to_json([1.0, float("nan")]) == [1.0, None]
 
 
+@pytest.mark.slow
 def test_run_writes_json_and_figure(tmp_path, capsys):
     res = mlp_study.run(tmp_path, layers=40, width=16, batch=4, weights="jax", spread_seeds=2)
     data = json.loads((tmp_path / "stds.json").read_text())

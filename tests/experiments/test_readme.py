@@ -14,6 +14,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from experiments import benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,7 @@ def _commands() -> list[str]:
     return commands
 
 
+@pytest.mark.slow
 def test_every_python_block_runs():
     """All Python blocks in one process, in order (later blocks use earlier names), on 4 simulated devices."""
     program = "\n\n".join(f"# --- {name}\n{code}" for name, code in _blocks("python"))
@@ -72,6 +75,7 @@ def _check(command: str) -> None:
         assert flag in text, f"{command}: {flag} is not in `{' '.join(target)} --help`"
 
 
+@pytest.mark.slow
 def test_every_shell_command_matches_its_cli():
     commands = _commands()
     assert any(c.startswith("python -m experiments.reproduce") for c in commands)

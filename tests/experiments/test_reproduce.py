@@ -82,10 +82,11 @@ def test_markdown_table_and_numbers():
     assert md.fmt(float("nan")) == "NaN" and md.fmt(None) == "–" and md.pct(0.875) == "87.50%"
 
 
-def test_cli_help():
-    r = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--help"], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0 and all(flag in r.stdout for flag in ("--quick", "--out", "--data", "--small-batch"))
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and all(flag in out for flag in ("--quick", "--out", "--data", "--small-batch"))
 
 
 def _table_rows(text: str, header_start: str) -> list[list[str]]:

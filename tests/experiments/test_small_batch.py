@@ -23,6 +23,7 @@ def study(tmp_path_factory):
     return cfg, small_batch.run(cfg, log=lambda line: None)
 
 
+@pytest.mark.slow  # trains the study end to end (module fixture)
 def test_every_norm_batch_size_and_seed_is_trained_and_written(study):
     cfg, report = study
     saved = json.loads((cfg.out / "small_batch.json").read_text())
@@ -35,6 +36,7 @@ def test_every_norm_batch_size_and_seed_is_trained_and_written(study):
     assert (cfg.out / "small_batch.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # trains the study end to end (module fixture)
 def test_the_summary_and_conclusions_are_computed_from_the_results(study):
     _, report = study
     for norm, by_batch in report["results"].items():
@@ -48,6 +50,7 @@ def test_the_summary_and_conclusions_are_computed_from_the_results(study):
     assert report["conclusions"][-1].endswith("yes" if worse else "no")
 
 
+@pytest.mark.slow  # trains the study end to end (module fixture)
 def test_the_report_section_shows_the_summary(study, tmp_path):
     cfg, report = study
     text = sections.small_batch({**report, "figure": str(cfg.out / "small_batch.png")}, cfg.out)

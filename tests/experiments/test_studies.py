@@ -89,6 +89,7 @@ def test_group_stats_counts():
         norm_compare.group_stats(y, "RMS", 3)
 
 
+@pytest.mark.slow
 def test_norm_compare_run_writes_outputs(tmp_path):
     res = norm_compare.run(tmp_path, shape=(2, 4, 3, 3), num_groups=2)
     for f in ("norm_compare.json", "norm_axes.png", "norm_stats.png"):
