@@ -172,7 +172,7 @@ def test_one_jitted_train_step_decreases_the_loss(config):
     y = jnp.asarray(np.arange(8) % 2, dtype=jnp.int32)
     task = steps.linen_task(models.make_model(config), training.make_optimizer(0.05, 10), x[:1])
     state = task.init(0)
-    step = jax.jit(task.train_step)
+    step = jax.jit(task.train_step, compiler_options=compile.compile_options("step"))  # as the runs compile it
     mask = jnp.ones(8, bool)
     losses = []
     for _ in range(5):
@@ -192,8 +192,9 @@ def test_a_padded_masked_batch_computes_what_the_short_batch_computes():
     y = jnp.asarray(rng.integers(0, 2, 16), jnp.int32)
     task = steps.linen_task(models.make_model("bn"), training.make_optimizer(0.05, 10), x[:1])
     state = task.init(0)
-    short, (loss_s, correct_s) = jax.jit(task.train_step)(state, x[:6], y[:6], jnp.ones(6, bool))
-    padded, (loss_p, correct_p) = jax.jit(task.train_step)(state, x, y, jnp.arange(16) < 6)
+    step = jax.jit(task.train_step, compiler_options=compile.compile_options("step"))  # as the runs compile it
+    short, (loss_s, correct_s) = step(state, x[:6], y[:6], jnp.ones(6, bool))
+    padded, (loss_p, correct_p) = step(state, x, y, jnp.arange(16) < 6)
     np.testing.assert_allclose(float(loss_p), float(loss_s), rtol=1e-6)
     assert int(correct_p) == int(correct_s)
     for a, b in zip(jax.tree.leaves(padded), jax.tree.leaves(short), strict=True):

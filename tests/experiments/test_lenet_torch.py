@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import jaxnorm as jn
+from experiments.common import compile
 from experiments.common.models import LeNet, LeNetBN
 from jaxnorm.interop import flax_to_torch_state_dict, torch_to_flax_variables
 
@@ -79,7 +80,7 @@ def test_torch_lenet_bn_weights_give_same_logits():
             tnet(torch.randn(8, 3, 32, 32) * 2 + 0.5)
 
     model = LeNetBN(classes=2)
-    template = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
     variables = torch_to_flax_variables(tnet.state_dict(), template)  # strict: every key used
     # round trip back to PyTorch's state dict is exact
     back = flax_to_torch_state_dict(variables)
@@ -95,14 +96,14 @@ def test_torch_lenet_bn_weights_give_same_logits():
     tnet.eval()
     with torch.no_grad():
         want = tnet(torch.from_numpy(x)).numpy()
-    got = model.apply(variables, x_nhwc, train=False)
+    got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x_nhwc)
     diffs["eval logits"] = _max_diff(got, want)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
     tnet.train()
     with torch.no_grad():
         want = tnet(torch.from_numpy(x)).numpy()
-    got, state = model.apply(variables, x_nhwc, train=True, mutable=["batch_stats"])
+    got, state = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x_nhwc)
     diffs["train logits"] = _max_diff(got, want)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     updated = flax_to_torch_state_dict({"batch_stats": state["batch_stats"]})
@@ -127,17 +128,17 @@ def test_folded_lenet_bn_equals_unfolded_in_eval_mode():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((5, 32, 32, 3)).astype(np.float32))
     model = LeNetBN(classes=2)
-    variables = model.init(jax.random.key(1), x, train=False)
+    variables = compile.jit_quick_compile(lambda x: model.init(jax.random.key(1), x, train=False))(x)  # as runs do
+    train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[1])
     for _ in range(3):  # running statistics from a few training steps, BN affine parameters perturbed
-        _, state = model.apply(variables, x * 2 + 1, train=True, mutable=["batch_stats"])
-        variables = {**variables, **state}
+        variables = {**variables, **train(variables, x * 2 + 1)}
     variables["params"] = {k: ({n: a + 0.2 * jnp.asarray(rng.standard_normal(a.shape), a.dtype) for n, a in v.items()}
                                if k.startswith("bn") else v) for k, v in variables["params"].items()}
 
     folded = fold_lenet_bn(variables)
     plain = LeNet(classes=2)
-    assert jax.tree.structure(folded) == jax.tree.structure(plain.init(jax.random.key(0), x))
-    want = model.apply(variables, x, train=False)
-    got = plain.apply(folded, x)
+    assert jax.tree.structure(folded) == jax.tree.structure(jax.eval_shape(plain.init, jax.random.key(0), x))
+    want = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    got = jax.jit(plain.apply)(folded, x)
     print(f"max |folded - unfolded| logits: {_max_diff(got, want):.2e}")
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -85,9 +85,9 @@ def test_batch_renorm_gradients_hold_r_and_d_constant():
             d = jax.lax.stop_gradient(jnp.clip((mean - rm) / sigma, -0.5, 0.5))
             return ((x - mean) / sigma_b * r + d) * p["weight"] + p["bias"]
 
-        got = jax.jacrev(lambda x, p: jn.batch_renorm(x, p, stats, train=True, r_max=1.5, d_max=0.5)[0],
-                         argnums=(0, 1))(x, params)
-        want = jax.jacrev(reference, argnums=(0, 1))(x, params)
+        got = jax.jit(jax.jacrev(lambda x, p: jn.batch_renorm(x, p, stats, train=True, r_max=1.5, d_max=0.5)[0],
+                                 argnums=(0, 1)))(x, params)
+        want = jax.jit(jax.jacrev(reference, argnums=(0, 1)))(x, params)
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-10, atol=1e-12)
 
@@ -223,8 +223,8 @@ def _vmapped_bn(x_shards, mask_shards, groups=None, params=None):
     def one(x, m):
         return jn.batch_norm_1d(x, params or {}, stats, train=True, axis_name="d", axis_index_groups=groups, mask=m)
 
-    return jax.vmap(one, axis_name="d")(jnp.asarray(x_shards), None if mask_shards is None else
-                                        jnp.asarray(mask_shards))
+    return jax.jit(jax.vmap(one, axis_name="d"))(jnp.asarray(x_shards), None if mask_shards is None else
+                                                 jnp.asarray(mask_shards))
 
 
 def _np_bn_rows(rows):

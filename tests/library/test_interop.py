@@ -300,7 +300,7 @@ def _torch_net(torch, spatial, n_flat):
 def _init_net(spatial, size=5):
     x = randn(3, *(size,) * spatial, 2)
     model = Net(spatial)
-    variables = model.init(jax.random.key(spatial), jnp.asarray(x), train=False)
+    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(spatial), jnp.asarray(x))
     variables = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(RNG.standard_normal(a.shape), a.dtype)
                              if a.dtype == jnp.float32 else a, variables)  # non-trivial BN/LN values
     return model, variables, x

@@ -10,6 +10,8 @@ stable core with masks at large offsets, ``vmap`` over per-example masks, and th
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +48,7 @@ def _torch_bn(valid_rows, params, stats, ct_rows, momentum=0.1):
     return tuple(t.detach().numpy() for t in (y, rm, rv, x.grad, w.grad, b.grad))
 
 
+@functools.partial(jax.jit, static_argnames="axis")  # one compiled program, not one per operation
 def _bn_and_grads(x, params, stats, mask, ct, axis=1):
     y, vjp, new = jax.vjp(lambda x, p: jn.batch_norm(x, p, stats, train=True, axis=axis, mask=mask), x, params,
                           has_aux=True)
@@ -114,15 +117,16 @@ def test_instance_group_layer_and_rms_norm_use_only_the_valid_values():
     mask = RNG.uniform(size=(3, 1, 6, 5)) < 0.6  # shared by the channels
     mask[:, :, 0, 0] = True
     xp = np.where(mask, x, np.inf).astype(np.float32)
-    got = np.asarray(jn.instance_norm_2d(jnp.asarray(xp), {}, {}, train=True, mask=jnp.asarray(mask))[0])
+    xp, mask_ = jnp.asarray(xp), jnp.asarray(mask)  # each norm jitted: one program each, not one per operation
+    got = np.asarray(jax.jit(lambda x, m: jn.instance_norm_2d(x, {}, {}, train=True, mask=m)[0])(xp, mask_))
     _close(got, _np_normalize(x, mask, (2, 3)), 1e-5)
-    got = np.asarray(jn.group_norm(jnp.asarray(xp), {}, 2, mask=jnp.asarray(mask)))
+    got = np.asarray(jax.jit(lambda x, m: jn.group_norm(x, {}, 2, mask=m))(xp, mask_))
     grouped = lambda a: a.reshape(3, 2, 2, 6, 5)  # noqa: E731
     _close(got, _np_normalize(grouped(x), grouped(np.broadcast_to(mask, x.shape)), (2, 3, 4)).reshape(x.shape), 1e-5)
-    got = np.asarray(jn.layer_norm(jnp.asarray(xp), {}, (6, 5), mask=jnp.asarray(mask)))
+    got = np.asarray(jax.jit(lambda x, m: jn.layer_norm(x, {}, (6, 5), mask=m))(xp, mask_))
     _close(got, _np_normalize(x, mask, (2, 3)), 1e-5)
     ms = np.where(mask, x.astype(np.float64) ** 2, 0).sum((2, 3), keepdims=True) / mask.sum((2, 3), keepdims=True)
-    got = np.asarray(jn.rms_norm(jnp.asarray(xp), {}, (6, 5), eps=1e-6, mask=jnp.asarray(mask)))
+    got = np.asarray(jax.jit(lambda x, m: jn.rms_norm(x, {}, (6, 5), eps=1e-6, mask=m))(xp, mask_))
     _close(got, np.where(mask, x / np.sqrt(ms + 1e-6), 0), 1e-5)
 
 
@@ -133,7 +137,8 @@ def test_a_channel_without_data_or_with_one_value_keeps_its_running_statistics()
     mask[1:, 2] = False  # channel 2: one valid value
     x[~mask] = np.nan
     params, stats = _params(3), _stats(3)
-    y, new = jn.batch_norm_1d(jnp.asarray(x), params, stats, train=True, mask=jnp.asarray(mask))
+    bn = jax.jit(lambda p, m: jn.batch_norm_1d(jnp.asarray(x), p, stats, train=True, mask=m))
+    y, new = bn(params, jnp.asarray(mask))
     y = np.asarray(y)
     assert np.isfinite(y).all() and np.all(y[~mask] == 0)
     np.testing.assert_allclose(y[0, 2], params["bias"][2], rtol=1e-6)  # x − μ = 0 for the lone value
@@ -143,10 +148,9 @@ def test_a_channel_without_data_or_with_one_value_keeps_its_running_statistics()
     assert int(new["num_batches_tracked"]) == 4
     # A batch with no data at all moves nothing, the counter included; gradients stay finite (zero).
     nothing = jnp.zeros((6, 3), bool)
-    _, same = jn.batch_norm_1d(jnp.asarray(x), params, stats, train=True, mask=nothing)
+    _, same = bn(params, nothing)
     jax.tree.map(np.testing.assert_array_equal, same, stats)
-    grads = jax.grad(lambda p: jnp.sum(jn.batch_norm_1d(jnp.asarray(x), p, stats, train=True, mask=nothing)[0]))(
-        params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(bn(p, nothing)[0])))(params)
     assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads))
 
 
@@ -158,7 +162,7 @@ def test_masked_statistics_stay_stable_at_large_offsets(offset):
     mask[:3] = False
     mask[:, :, 5:] &= RNG.uniform(size=(32, 1, 3)) < 0.5
     xp = np.where(mask, x, 1e30).astype(np.float32)
-    y, _ = jn.batch_norm_1d(jnp.asarray(xp), {}, {}, train=True, mask=jnp.asarray(mask))
+    y, _ = jax.jit(lambda x, m: jn.batch_norm_1d(x, {}, {}, train=True, mask=m))(jnp.asarray(xp), jnp.asarray(mask))
     assert np.abs(np.asarray(y) - _np_normalize(x, mask, (0, 2))).max() <= 6e-6  # README's stability bound, masked or not
 
 
@@ -166,8 +170,8 @@ def test_per_example_masks_under_vmap_equal_one_by_one():
     x = RNG.normal(size=(4, 6, 8)).astype(np.float32)
     mask = RNG.uniform(size=(4, 6, 1)) < 0.7
     mask[:, 0] = True
-    one = lambda xi, mi: jn.layer_norm(xi, {}, 8, mask=mi)  # noqa: E731
-    got = jax.vmap(one)(jnp.asarray(x), jnp.asarray(mask))
+    one = jax.jit(lambda xi, mi: jn.layer_norm(xi, {}, 8, mask=mi))
+    got = jax.jit(jax.vmap(one))(jnp.asarray(x), jnp.asarray(mask))
     want = [one(jnp.asarray(x[i]), jnp.asarray(mask[i])) for i in range(4)]
     np.testing.assert_allclose(np.asarray(got), np.stack(want), rtol=1e-6, atol=1e-6)
 
