@@ -55,7 +55,7 @@ def _setup(n_batches=5, batch=16):
     rng = np.random.default_rng(1)
     model = MLP()
     batches = [(rng.standard_normal((batch, 5)) * 3 + 2).astype(np.float32) for _ in range(n_batches)]
-    variables = model.init(jax.random.key(0), jnp.asarray(batches[0]), train=False)
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(jnp.asarray(batches[0]))
     # non-trivial BN affine parameters and (garbage) running statistics, which must not matter
     variables = jax.tree.map(lambda a: a + jnp.asarray(rng.standard_normal(a.shape), a.dtype) if a.dtype == jnp.float32
                              else a + 3, variables)
