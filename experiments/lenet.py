@@ -86,14 +86,10 @@ def arch_of(config: str) -> str:
     return "bn" if config == "bn" else "lenet"
 
 
-def train_config(config: str, cfg: RunConfig, data, mesh, compiled: training.Compiled, timer: training.Timer,
-                 log) -> training.FitResult:
-    """Train one config with its architecture's compiled programs, from scratch or from its newest checkpoint
-    (``--resume``)."""
-    task = make_task(config, cfg, data)
-    t0 = time.perf_counter()
-    state = task.init(cfg.seed)
-    timer.add("compile", t0)  # the initialization program is compiled, then run once
+def train_config(config: str, state, cfg: RunConfig, data, mesh, compiled: training.Compiled,
+                 timer: training.Timer, log) -> training.FitResult:
+    """Train one config with its architecture's compiled programs, from its initial ``state`` or from its newest
+    checkpoint (``--resume``)."""
     meta = {"config": config, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "api": cfg.api,
             "data": images.fingerprint(data), "classes": list(data.classes)}
     ckdir = None if cfg.checkpoint_dir is None else cfg.checkpoint_dir / config
@@ -149,14 +145,16 @@ def run(cfg: RunConfig, log=print) -> dict[str, list[dict]]:
     timer.add("data", t0)
     mesh = _mesh(cfg.devices)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    tasks = {config: make_task(config, cfg, data) for config in cfg.configs}
     t = time.perf_counter()
     programs = {}  # compiled ahead of time, once per architecture: plain and init share LeNet's
-    for config in cfg.configs:
-        arch = "bn" if config == "bn" else "lenet"
-        if arch not in programs:
-            programs[arch] = training.Compiled.build(make_task(config, cfg, data), data, cfg.batch_size, mesh)
+    for config, task in tasks.items():
+        if arch_of(config) not in programs:
+            programs[arch_of(config)] = training.Compiled.build(task, data, cfg.batch_size, mesh)
+    initial = training.initial_states(tasks, cfg.seed)  # every config's initialization is compiled, then run once
     timer.add("compile", t)
-    results = {c: train_config(c, cfg, data, mesh, programs[arch_of(c)], timer, log) for c in cfg.configs}
+    results = {c: train_config(c, initial[c], cfg, data, mesh, programs[arch_of(c)], timer, log)
+               for c in cfg.configs}
     extras = {}
     if "bn" in results and cfg.epochs > 0:
         bn = results["bn"]

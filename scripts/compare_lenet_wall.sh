@@ -39,9 +39,15 @@ for side, seconds in zip(pairs[::2], pairs[1::2]):
     runs[side].append(float(seconds))
 median = {side: statistics.median(v) for side, v in runs.items()}
 paired = statistics.median(a / b for a, b in zip(runs["after"], runs["before"]))  # each round's own ratio
+import importlib.metadata, importlib.util, platform
+versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax", "matplotlib")}
+environment = {"python": f"{sys.executable} ({platform.python_version()})", **versions,
+               # flax.nnx imports IPython when it is installed, which lengthens every command that imports flax.nnx
+               "ipython_installed": importlib.util.find_spec("IPython") is not None}
 record = {"what": "real time of `python -m experiments.lenet --data ../shared/data/cats_dogs` (three configs), "
                   "alternating runs (scripts/compare_lenet_wall.sh)",
-          "date": datetime.date.today().isoformat(), "before": rev, "after": head, "runs": runs, "median": median,
+          "date": datetime.date.today().isoformat(), "environment": environment, "before": rev, "after": head,
+          "runs": runs, "median": median,
           "after_over_before": round(median["after"] / median["before"], 4),
           "paired_ratio_median": round(paired, 4)}
 open(path, "w").write(json.dumps(record, indent=1) + "\n")

@@ -6,7 +6,8 @@ on two CPU cores). Kept because they pay; measured on the project's 2-core VM, X
   ``xla_cpu_use_fusion_emitters=False``).
 
   - Model initialization (runs once): LeNet_bn's compiles in 0.43 s instead of 3.47 s; the three-config LeNet
-    run drops from 25-27 s to 17-18 s wall (init is compiled three times). The initial weights equal the
+    run dropped from 25-27 s to 17-18 s wall when each config's init was a program of its own (now one program
+    initializes all three, :func:`experiments.common.training.initial_states`). The initial weights equal the
     default-compiled ones to one float32 ulp of their range (tested; the uniform draws' affine map rounds
     differently).
   - The epoch order (a permutation of the training set and its crop offsets; integers, so bit-identical to the

@@ -71,7 +71,7 @@ def linen_task(model, tx: optax.GradientTransformation, sample_x, *, init_model=
     def eval_step(state, x, y, mask):
         return _eval_sums(model.apply(variables(state["params"], state["batch_stats"]), x, train=False), y, mask)
 
-    return Task(jit_quick_compile(initial), train_step, eval_step, lambda: jax.eval_shape(initial, 0))
+    return Task(jit_quick_compile(initial), train_step, eval_step, lambda: jax.eval_shape(initial, 0), initial)
 
 
 def update_count(state: State):

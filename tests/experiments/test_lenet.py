@@ -382,3 +382,20 @@ def test_initialization_compiled_for_a_single_run_equals_the_default_to_one_ulp(
         a, b = np.asarray(a), np.asarray(b)
         # the draws are U(-bound, bound) with bounds up to 0.115 (conv1): one ulp there is 2**-27 = 7.45e-9
         assert np.max(np.abs(a - b), initial=0) <= 2.0 ** -27, (a, b)
+
+
+def test_initial_states_of_several_tasks_from_one_program_equal_each_tasks_own_init_bit_for_bit():
+    """training.initial_states compiles the traceable initializers together (shared draws computed once); a task
+    without one (NNX's) is initialized by its own ``init``."""
+    x = jnp.zeros((1, 32, 32, 3))
+    tasks = {config: steps.linen_task(models.make_model(config), training.make_optimizer(0.01, 38), x)
+             for config in ("plain", "bn")}
+    tasks["untraceable"] = training.Task(init=lambda seed: {"seed": seed}, train_step=None, eval_step=None,
+                                         shapes=None)
+    together = training.initial_states(tasks, 1)
+    assert together["untraceable"] == {"seed": 1} and set(together) == set(tasks)
+    for config in ("plain", "bn"):
+        own = tasks[config].init(1)
+        assert jax.tree.structure(together[config]) == jax.tree.structure(own)
+        for a, b in zip(jax.tree.leaves(together[config]), jax.tree.leaves(own), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
