@@ -42,3 +42,14 @@ def pytest_unconfigure(config):
     folder = getattr(config, "_jaxnorm_cache_folder", None)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# The files whose tests take longest together, longest first. `--dist loadfile` keeps each file on one worker and
+# hands files out in collection order, so a long file that came last would leave the other worker idle at the end;
+# starting the longest ones first balances the workers.
+LONGEST_FIRST = ("test_sync_bn.py", "test_transforms.py", "test_parity_golden.py", "test_grads.py", "test_lenet.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every other file keeps its order

@@ -183,24 +183,29 @@ def make_mode(mode, mesh, norm):
 
 
 # ----------------------------------------------------------------------------- cases
-def make_x(key, shape, axis):
+# Inputs are NumPy float32 arrays drawn from a per-case ``np.random.Generator``: made with JAX, every array op would be
+# compiled on its own, once per shape, and compiling is most of this worker's time.
+def _normal(rng, shape) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def make_x(rng, shape, axis):
     """Input whose per-device statistics differ strongly from the global ones.
 
     A per-example offset ramp along the batch axis makes each device's mean and variance wrong for
     the full batch, so a BN that forgot to synchronize fails by O(1), not by rounding.
     """
     n, c = shape[0], shape[axis]
-    x = jax.random.normal(key, shape, jnp.float32)
     cshape = [1] * len(shape)
     cshape[axis] = c
-    scale = jnp.linspace(0.5, 3.0, c).reshape(cshape)
-    ramp = jnp.linspace(-4.0, 4.0, n).reshape((n,) + (1,) * (len(shape) - 1))
-    return x * scale + ramp + 10.0  # +10: a non-zero mean, where naive E[x^2]-E[x]^2 loses digits
+    scale = np.linspace(0.5, 3.0, c, dtype=np.float32).reshape(cshape)
+    ramp = np.linspace(-4.0, 4.0, n, dtype=np.float32).reshape((n,) + (1,) * (len(shape) - 1))
+    # +10: a non-zero mean, where naive E[x^2]-E[x]^2 loses digits
+    return (_normal(rng, shape) * scale + ramp + np.float32(10.0)).astype(np.float32)
 
 
-def _random_params(key, c):
-    k1, k2 = jax.random.split(key)
-    return {"weight": jax.random.uniform(k1, (c,), minval=0.5, maxval=1.5), "bias": jax.random.normal(k2, (c,))}
+def _random_params(rng, c):
+    return {"weight": rng.uniform(0.5, 1.5, c).astype(np.float32), "bias": _normal(rng, (c,))}
 
 
 def _compare_step(step, y_m, y_f, s_mode, s_full, spread) -> dict:
@@ -217,17 +222,17 @@ def _compare_step(step, y_m, y_f, s_mode, s_full, spread) -> dict:
 
 def case_bn_train(mode, mesh, *, shape, axis, momentum, seed=0):
     """Two BN training steps (stats chained) then an eval step: mode vs full batch vs float64."""
-    keys = jax.random.split(jax.random.key(seed), 5)
+    rng = np.random.default_rng(seed)
     c = shape[axis]
     _, stats = jn.batch_norm_init(c)
-    params = _random_params(keys[0], c)
+    params = _random_params(rng, c)
     run = make_mode(mode, mesh, bn(axis=axis, momentum=momentum))
     full = make_mode("full", mesh, bn(axis=axis, momentum=momentum))
     out = {}
     s_mode, s_full = stats, stats
     ref_rm, ref_rv, ref_nbt = np.zeros(c), np.ones(c), 0
     for step in (1, 2):
-        x = make_x(keys[step], shape, axis)
+        x = make_x(rng, shape, axis)
         y_m, s_mode, spread = run(x, params, s_mode)
         y_f, s_full, _ = full(x, params, s_full)
         y_r, ref_rm, ref_rv, ref_nbt, *_ = np_bn_train(
@@ -241,7 +246,7 @@ def case_bn_train(mode, mesh, *, shape, axis, momentum, seed=0):
         out[f"step{step}_full_vs_f64_running_var"] = rel_err(s_full["running_var"], ref_rv)
     out["f64_nbt"] = ref_nbt
     # Eval with the synchronized running stats: no batch statistics, collection unchanged.
-    x = make_x(keys[3], shape, axis)
+    x = make_x(rng, shape, axis)
     y_m, s_after, _ = make_mode(mode, mesh, bn(axis=axis, train=False))(x, params, s_mode)
     y_f, _, _ = make_mode("full", mesh, bn(axis=axis, train=False))(x, params, s_full)
     out["eval_y"] = rel_err(y_m, y_f)
@@ -274,13 +279,13 @@ def _vjp_inside(mode, norm, stats, x, w, b, ct):
 
 def case_bn_grad(mode, mesh, *, shape, axis, inside=False, seed=1):
     """VJP w.r.t. x, weight, bias with a random cotangent: mode vs full batch vs float64."""
-    keys = jax.random.split(jax.random.key(seed), 3)
+    rng = np.random.default_rng(seed)
     c = shape[axis]
     _, stats = jn.batch_norm_init(c)
-    x = make_x(keys[0], shape, axis)
-    params = _random_params(keys[1], c)
+    x = make_x(rng, shape, axis)
+    params = _random_params(rng, c)
     w, b = params["weight"], params["bias"]
-    ct = jax.random.normal(keys[2], shape)
+    ct = _normal(rng, shape)
     norm = bn(axis=axis)
     if inside:
         got, spread = _vjp_inside(mode, norm, stats, x, w, b, ct)
@@ -298,13 +303,13 @@ def case_bn_grad(mode, mesh, *, shape, axis, inside=False, seed=1):
 def case_instance(mode, mesh, seed=2):
     """InstanceNorm with running stats: output and running stats equal the full batch."""
     shape, axis = (8, 3, 4, 5), 1
-    keys = jax.random.split(jax.random.key(seed), 3)
+    rng = np.random.default_rng(seed)
     params, stats = jn.instance_norm_init(3, affine=True, track_running_stats=True)
-    params = _random_params(keys[0], 3)
+    params = _random_params(rng, 3)
     run, full = (make_mode(m, mesh, instance(axis=axis)) for m in (mode, "full"))
     out, s_mode, s_full = {}, stats, stats
     for step in (1, 2):
-        x = make_x(keys[step], shape, axis)
+        x = make_x(rng, shape, axis)
         y_m, s_mode, spread = run(x, params, s_mode)
         y_f, s_full, _ = full(x, params, s_full)
         out.update(_compare_step(step, y_m, y_f, s_mode, s_full, spread))
@@ -314,10 +319,10 @@ def case_instance(mode, mesh, seed=2):
 def case_group(mode, mesh, seed=3):
     """GroupNorm (per-sample statistics, no axis_name) on sharded data: output and VJP unchanged."""
     shape, axis = (8, 4, 5, 6), -1
-    keys = jax.random.split(jax.random.key(seed), 3)
-    x = make_x(keys[0], shape, axis)
-    params = _random_params(keys[1], 6)
-    ct = jax.random.normal(keys[2], shape)
+    rng = np.random.default_rng(seed)
+    x = make_x(rng, shape, axis)
+    params = _random_params(rng, 6)
+    ct = _normal(rng, shape)
     norm = group(axis=axis, num_groups=3)
     got, _ = _vjp_outside(mode, mesh, norm, {}, x, params["weight"], params["bias"], ct)
     ref, _ = _vjp_outside("full", mesh, norm, {}, x, params["weight"], params["bias"], ct)
@@ -327,10 +332,10 @@ def case_group(mode, mesh, seed=3):
 def case_bn_jvp(mesh, seed=4):
     """Forward mode through the collective: jvp of BN under shard_map equals jvp of BN on the full batch."""
     shape, axis = LAYOUTS["nchw"]
-    keys = jax.random.split(jax.random.key(seed), 4)
-    x, t = make_x(keys[0], shape, axis), jax.random.normal(keys[1], shape)
-    params, stats = _random_params(keys[2], shape[axis]), jn.batch_norm_init(shape[axis])[1]
-    tp = jax.tree.map(lambda a: jax.random.normal(keys[3], a.shape), params)
+    rng = np.random.default_rng(seed)
+    x, t = make_x(rng, shape, axis), _normal(rng, shape)
+    params, stats = _random_params(rng, shape[axis]), jn.batch_norm_init(shape[axis])[1]
+    tp = {name: _normal(rng, value.shape) for name, value in params.items()}
     run, full = (make_mode(m, mesh, bn(axis=axis)) for m in ("shard_map", "full"))
     got = jax.jvp(lambda x, p: run(x, p, stats)[0], (x, params), (t, tp))
     want = jax.jvp(lambda x, p: full(x, p, stats)[0], (x, params), (t, tp))
@@ -347,10 +352,11 @@ def case_masked_counts(mode, mesh, seed=5):
     """4 devices with 2, 0, 1 and 2 valid examples (of 2 each): output at valid positions and running statistics
     equal float64 BN on the 5 valid examples, and the padding (NaN here) changes nothing."""
     shape, axis = (8, 3, 4), 1
-    x = np.asarray(make_x(jax.random.key(seed), shape, axis))
+    rng = np.random.default_rng(seed)
+    x = make_x(rng, shape, axis)
     mask = np.array([1, 1, 0, 0, 1, 0, 1, 1], bool).reshape(-1, 1, 1)
     x_padded = np.where(mask, x, np.nan).astype(np.float32)
-    params, stats = _random_params(jax.random.key(seed + 1), 3), jn.batch_norm_init(3)[1]
+    params, stats = _random_params(rng, 3), jn.batch_norm_init(3)[1]
     if mode == "shard_map":
         f = jax.jit(jax.shard_map(
             lambda x, m, p, s: jn.batch_norm(x, p, s, train=True, eps=EPS, axis=axis, axis_name=AX, mask=m),
@@ -372,7 +378,7 @@ def case_masked_counts(mode, mesh, seed=5):
 def case_groups(mode, mesh, seed=6):
     """axis_index_groups [[0, 1], [2, 3]]: each pair of devices gets the statistics of its own 4 examples."""
     shape, axis, groups = (8, 3, 5), 1, [[0, 1], [2, 3]]
-    x = np.asarray(make_x(jax.random.key(seed), shape, axis))
+    x = make_x(np.random.default_rng(seed), shape, axis)
     stats = jn.batch_norm_init(3)[1]
 
     def norm(x):
@@ -437,7 +443,7 @@ def collective_counts(mesh):
     """
     c = 3
     params, stats = jn.batch_norm_init(c)
-    x = make_x(jax.random.key(0), (8, c, 4, 4), 1)
+    x = make_x(np.random.default_rng(0), (8, c, 4, 4), 1)
     norm = bn(axis=1)
 
     def fwd(x, p, s):
