@@ -20,21 +20,26 @@ def _reference(x, axes, eps=1e-5):
 CLAIM = 6e-6
 
 
+@jax.jit  # one program for every offset and std below (same shapes)
+def _every_norm(xs):
+    return {
+        "batch_norm NCHW": jn.batch_norm_2d(xs, {}, {}, train=True)[0],
+        "batch_norm NHWC": jnp.moveaxis(jn.batch_norm(jnp.moveaxis(xs, 1, -1), {}, {}, train=True, axis=-1)[0], -1, 1),
+        "layer_norm": jn.layer_norm(xs, {}, (8, 8)),
+        "group_norm": jn.group_norm(xs, {}, 4),
+        "instance_norm": jn.instance_norm_2d(xs, {}, {}, train=True)[0],
+    }
+
+
 @pytest.mark.parametrize("offset", [0.0, 1e2, 1e3, 1e4, 1e5])
 @pytest.mark.parametrize("std", [1.0, 1e-2])
 def test_normalized_output_within_the_claimed_bound(offset, std):
     rng = np.random.default_rng(0)
     channel_offsets = offset * np.array([1.0, -0.5, 0.25, 1.0])  # per-channel offsets up to `offset`
     x = (rng.normal(size=(32, 4, 8, 8)) * std + channel_offsets[:, None, None]).astype(np.float32)
-    xs = jnp.asarray(x)
-    errors = {
-        "batch_norm NCHW": np.asarray(jn.batch_norm_2d(xs, {}, {}, train=True)[0]) - _reference(x, (0, 2, 3)),
-        "batch_norm NHWC": np.moveaxis(np.asarray(jn.batch_norm(jnp.moveaxis(xs, 1, -1), {}, {}, train=True,
-                                                                axis=-1)[0]), -1, 1) - _reference(x, (0, 2, 3)),
-        "layer_norm": np.asarray(jn.layer_norm(xs, {}, (8, 8))) - _reference(x, (2, 3)),
-        "group_norm": np.asarray(jn.group_norm(xs, {}, 4)) - _reference(x, (2, 3)),
-        "instance_norm": np.asarray(jn.instance_norm_2d(xs, {}, {}, train=True)[0]) - _reference(x, (2, 3)),
-    }
+    got = _every_norm(jnp.asarray(x))
+    errors = {name: np.asarray(y) - _reference(x, (0, 2, 3) if name.startswith("batch_norm") else (2, 3))
+              for name, y in got.items()}
     worst = {k: float(np.abs(v).max()) for k, v in errors.items()}
     assert max(worst.values()) <= CLAIM, worst
 
@@ -58,11 +63,17 @@ def test_variance_is_never_negative_and_constant_channels_give_zero():
 def test_half_precision_large_values_stay_finite(dtype):
     x = jnp.asarray(np.linspace(-60000, 60000, 2 * 4 * 16).reshape(2, 4, 16), dtype)  # near float16's max 65504
     params, stats = jn.batch_norm_init(4)
-    y, new = jn.batch_norm_1d(x, params, stats, train=True)
+
+    @jax.jit
+    def every_norm(x):
+        return jn.batch_norm_1d(x, params, stats, train=True), (
+            jn.layer_norm(x, {}, 16), jn.group_norm(x, {}, 2), jn.rms_norm(x, {}, 16),
+            jn.instance_norm_1d(x, {}, {}, train=True)[0])
+
+    (y, new), others = every_norm(x)
     assert y.dtype == dtype and np.isfinite(np.asarray(y, np.float32)).all()
     assert new["running_var"].dtype == jnp.float32 and np.isfinite(np.asarray(new["running_var"])).all()
-    for out in (jn.layer_norm(x, {}, 16), jn.group_norm(x, {}, 2), jn.rms_norm(x, {}, 16),
-                jn.instance_norm_1d(x, {}, {}, train=True)[0]):
+    for out in others:
         assert out.dtype == dtype and np.isfinite(np.asarray(out, np.float32)).all()
 
 
