@@ -32,14 +32,13 @@ for round in $(seq "$rounds"); do
 done
 
 python - "$json" "$rev" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +changes)" "${times[@]}" <<'PY'
-import datetime, json, statistics, sys
+import datetime, importlib.metadata, importlib.util, json, platform, statistics, sys
 path, rev, head, *pairs = sys.argv[1:]
 runs = {"before": [], "after": []}
 for side, seconds in zip(pairs[::2], pairs[1::2]):
     runs[side].append(float(seconds))
 median = {side: statistics.median(v) for side, v in runs.items()}
 paired = statistics.median(a / b for a, b in zip(runs["after"], runs["before"]))  # each round's own ratio
-import importlib.metadata, importlib.util, platform
 versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax", "matplotlib")}
 environment = {"python": f"{sys.executable} ({platform.python_version()})", **versions,
                # flax.nnx imports IPython when it is installed, which lengthens every command that imports flax.nnx
