@@ -67,15 +67,63 @@ class Moments(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------- local moments
+# Every full-size float32 sum of the statistics adds at most this many values per partial sum and level, or one
+# reduced axis's length where a single axis is longer (:func:`block_sum`), whatever order XLA chooses inside a level.
+SUM_BLOCK = 1024
+# ... and the shifted sums of an ill-conditioned batch on the CPU, in levels of at most 256: at offsets beyond
+# ~1e4·σ float32 inputs are quantized to a few hundred steps per σ, so ``(x − μ_p)²`` takes few distinct values and
+# the rounding errors of a long chain of them add up instead of cancelling.
+SHIFTED_SUM_BLOCK = 256
 # The plain one-pass variance E[x²] − E[x]² is used only where it is as accurate as the shifted one: with float32
-# sums of relative error γ its error is ≲ γ (σ² + 3μ²), i.e. (1 + 3K)γ relative to σ² when μ² ≤ K σ². The shifted
-# formula's error is the same expression with μ replaced by μ − s, and |μ − s| (one sample from the mean) is ≲ 2σ,
-# so K = 4 keeps the plain formula within the shifted formula's typical bound.
-_PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR = 4.0
+# sums of relative error γ its error is ≲ γ (σ² + 2μ²), i.e. (1 + 2K)γ relative to σ² when μ² ≤ K σ². With K = 1
+# it amplifies the sums' rounding at most 3-fold, as the shifted formula does (whose shift is within ≈ σ of μ).
+_PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR = 1.0
 # Below this many elements (as the function sees ``x``: per example under vmap, per device under shard_map) the CPU
 # too takes the shifted sums directly: there the conditional costs more than the plain sums save, at run time (one
 # kernel launch dominates) and in trace and compile time (it doubles the statistics' program).
 _PLAIN_SUMS_MIN_SIZE = 4096
+
+
+def sum_levels(shape: Sequence[int], reduce_axes: Axes, block: int = SUM_BLOCK) -> list[Axes]:
+    """The reduced axes grouped into the levels of :func:`block_sum`, innermost (contiguous in memory) first.
+
+    A level takes whole axes while the product of their lengths stays within ``block``: ``(N, C, H, W)`` reduced
+    over ``(0, 2, 3)`` sums ``H·W`` values per partial sum first, then the ``N`` partials. Axes are never split (a
+    reshape that splits an axis costs XLA:CPU a copy of the input), so an axis longer than ``block`` forms a level
+    of its own. Length-1 axes need no level.
+    """
+    levels: list[Axes] = []
+    current: list[int] = []
+    filled = 1
+    for a in sorted(reduce_axes, reverse=True):
+        if shape[a] == 1:
+            continue
+        if current and filled * shape[a] > block:
+            levels.append(tuple(current))
+            current, filled = [], 1
+        current.append(a)
+        filled *= shape[a]
+    return levels + [tuple(current)] if current else levels
+
+
+def block_sum(v: jax.Array, reduce_axes: Axes, block: int = SUM_BLOCK) -> jax.Array:
+    """``jnp.sum(v, reduce_axes, keepdims=True)`` in levels of at most ``block`` values per partial sum.
+
+    Why: the error of a float32 sum depends on the order XLA adds in, which differs between CPUs, XLA versions and
+    backends (one sequential chain over thousands of values on one, a tree on another). Summing bounded levels one
+    after the other (:func:`sum_levels`) bounds every chain, so the accuracy holds by construction. The levels are
+    separated by optimization barriers, since XLA otherwise merges consecutive reductions back into one; a level's
+    partial sums are at most ``1/H·W``-th of ``v``'s size for images, so they add little traffic.
+    """
+    levels = sum_levels(v.shape, reduce_axes, block)
+    if not levels:
+        return v
+    partial_sums = v
+    for k, level in enumerate(levels):
+        partial_sums = jnp.sum(partial_sums, axis=level, keepdims=True)
+        if k < len(levels) - 1:
+            partial_sums = lax.optimization_barrier(partial_sums)
+    return partial_sums
 
 
 def _plain_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array]:
@@ -88,8 +136,8 @@ def _plain_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Arr
     x_m, x_m2 = x, x
     if mask is not None:  # distinct factors: one shared product would be materialized for the two sums
         x_m, x_m2 = x * mask.astype(x.dtype), x * _distinct(mask.astype(x.dtype), 3)
-    mean = jnp.sum(x_m, axis=reduce_axes, keepdims=True) / n
-    var = jnp.sum(jnp.square(x_m2), axis=reduce_axes, keepdims=True) / n - mean * mean
+    mean = block_sum(x_m, reduce_axes) / n
+    var = block_sum(jnp.square(x_m2), reduce_axes) / n - mean * mean
     return mean, var
 
 
@@ -142,14 +190,17 @@ def _shift(x: jax.Array, reduce_axes: Axes, mask) -> jax.Array:
     return lax.stop_gradient(x[index])
 
 
-def _shifted_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(mean_hi, mean_lo, var)``: the shifted one-pass moments (always stable), the mean as ``hi + lo``."""
-    shift = _shift(x, reduce_axes, mask)
-    delta = jnp.sum(_valid(x - shift, mask), axis=reduce_axes, keepdims=True) / n
+def _shifted_moments(x, mask, *, reduce_axes: Axes, n, shift=None, block: int = SUM_BLOCK
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(mean_hi, mean_lo, var)``: the shifted one-pass moments, the mean as ``hi + lo``; by default shifted by
+    the first valid sample of each group (:func:`_shift`)."""
+    shift = _shift(x, reduce_axes, mask) if shift is None else lax.stop_gradient(shift)
+    delta = block_sum(_valid(x - shift, mask), reduce_axes, block) / n
     # A distinct (barriered) copy of the shift keeps XLA from CSE-ing ``x − s`` into one materialized tensor that both
     # sums then read: each sum fuses its own subtraction and reads ``x`` directly.
-    mean_d2 = jnp.sum(_valid(jnp.square(x - _distinct(shift, 1)), mask), axis=reduce_axes, keepdims=True) / n
-    # |shift| ≥ |delta| up to a few standard deviations, so hi + lo is the mean to float32 rounding of ``delta``.
+    mean_d2 = block_sum(_valid(jnp.square(x - _distinct(shift, 1)), mask), reduce_axes, block) / n
+    # |delta| is at most a few standard deviations (``shift`` is a sample or the plain mean), so hi + lo is the mean
+    # to float32 rounding of ``delta`` whenever the mean is large enough for its rounding to matter.
     return *_fast_two_sum(shift, delta), mean_d2 - delta * delta
 
 
@@ -168,17 +219,41 @@ def _all_true_vmap(axis_size, in_batched, ok):
     return jnp.all(ok), False
 
 
+def _shifted_by_mean(x, mask, mean, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The shifted moments with the plain mean ``mean`` as the shift: a two-pass variance with its correction term.
+
+    It amplifies the sums' rounding by ``1 + 3(μ − μ_p)²/σ²``, where ``|μ − μ_p| ≲ γ|μ|`` for sums of relative error
+    ``γ``: ≈ 1 up to ``|μ|/σ ≈ 1e5``. Beyond, float32 inputs are quantized to steps of ``≥ u·|μ|``, so ``x − μ_p``
+    takes few distinct values, whose sums are nearly exact in blocks of :data:`SHIFTED_SUM_BLOCK`. A group with a
+    non-finite value keeps non-finite statistics; the other groups are unaffected.
+    """
+    # With a mask, the plain sums of :func:`_plain_moments` are non-finite where the *padding* holds a NaN or Inf:
+    # there the first valid sample is the shift. Without, a non-finite mean is the group's own.
+    shift = mean if mask is None else jnp.where(jnp.isfinite(mean), mean, _shift(x, reduce_axes, mask))
+    return _shifted_moments(x, mask, reduce_axes=reduce_axes, n=n, shift=shift, block=SHIFTED_SUM_BLOCK)
+
+
 def _plain_or_shifted_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The plain moments when every group is well conditioned (``μ² ≤ 4σ²``), else the shifted ones.
+    """The plain moments when every group is well conditioned (``μ² ≤ σ²``), else those shifted by the plain mean.
 
     Why: on XLA:CPU a reduction whose operand subtracts a broadcast shift runs ~1.8× slower than a plain ``Σx``,
     ``Σx²`` pass, and typical activations (centred, or post-ReLU with ``μ²/σ² ≈ 0.5``) are well conditioned. An
-    ill-conditioned batch (large offsets, constant or non-finite groups) pays for the shifted sums as well.
+    ill-conditioned batch (large offsets, constant or non-finite groups) pays for the shifted sums as well
+    (:func:`_shifted_by_mean`).
     """
     mean, var = _plain_moments(x, mask, reduce_axes=reduce_axes, n=n)
-    well_conditioned = _all_true(lax.stop_gradient(mean * mean <= _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR * var))
+    mean_sq, var_c = lax.stop_gradient((mean * mean, var))
+    well_conditioned = _all_true(mean_sq <= _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR * var_c)
     return lax.cond(well_conditioned, lambda: (mean, jnp.zeros_like(mean), var),
-                    lambda: _shifted_moments(x, mask, reduce_axes=reduce_axes, n=n))
+                    lambda: _shifted_by_mean(x, mask, mean, reduce_axes=reduce_axes, n=n))
+
+
+def _two_pass_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The plain mean, then the moments shifted by it: small inputs on the CPU, where one kernel more costs less
+    than the plain-or-shifted conditional (a few microseconds) and the first sample's shift would amplify rounding by
+    up to ``1 + 3z²`` for a sample ``z`` standard deviations from the mean."""
+    mean = lax.stop_gradient(block_sum(_valid(x, mask), reduce_axes) / n)
+    return _shifted_by_mean(x, mask, mean, reduce_axes=reduce_axes, n=n)
 
 
 def local_moments(x: jax.Array, reduce_axes: Axes, mask: jax.Array | None = None, *, center: bool = True) -> Moments:
@@ -190,15 +265,12 @@ def local_moments(x: jax.Array, reduce_axes: Axes, mask: jax.Array | None = None
         count = _mask_count(mask, x.shape, reduce_axes, x.dtype)
         n = jnp.maximum(count, 1)  # a group without valid elements gets mean 0, variance 0
     if not center:
-        mean_square = jnp.sum(_valid(jnp.square(x), mask), axis=reduce_axes, keepdims=True) / n
+        mean_square = block_sum(_valid(jnp.square(x), mask), reduce_axes) / n
         zero = jnp.zeros_like(mean_square)
         return Moments(zero, zero, mean_square, count)
-    shifted = partial(_shifted_moments, reduce_axes=reduce_axes, n=n)
-    if x.size < _PLAIN_SUMS_MIN_SIZE:
-        hi, lo, var = shifted(x, mask)
-    else:
-        cpu = partial(_plain_or_shifted_moments, reduce_axes=reduce_axes, n=n)
-        hi, lo, var = lax.platform_dependent(x, mask, cpu=cpu, default=shifted)
+    cpu = _two_pass_moments if x.size < _PLAIN_SUMS_MIN_SIZE else _plain_or_shifted_moments
+    hi, lo, var = lax.platform_dependent(x, mask, cpu=partial(cpu, reduce_axes=reduce_axes, n=n),
+                                         default=partial(_shifted_moments, reduce_axes=reduce_axes, n=n))
     return Moments(hi, lo, jnp.maximum(var, 0.0), count)
 
 

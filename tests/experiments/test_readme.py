@@ -131,3 +131,17 @@ def test_the_lenet_timing_table_is_the_committed_results():
             expected.append(timing["compile"])
         for value in expected:
             assert f" {value:g}" in row, (key, value, row)
+
+
+def test_the_stability_numbers_are_the_committed_sweeps():
+    """README's worst measured errors and comparison count are those of benchmarks/stability/jax-*.json, each below
+    the claimed bound (the library tests check the bound itself on the installed jax)."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    claim = float(re.search(r"the normalized output is within (\S+) of a float64 reference", readme).group(1))
+    for path in sorted((ROOT / "benchmarks" / "stability").glob("jax-*.json")):
+        result = json.loads(path.read_text())
+        worst, version = result["worst"]["max_abs_error"], result["meta"]["jax"]
+        quoted = f"{worst:.1e}".replace("e-0", "e-")  # README writes 1.1e-6
+        assert f"{quoted} with jax {version}" in readme, (path.name, quoted)
+        assert f"{len(result['rows']):,} comparisons" in readme
+        assert worst <= claim
