@@ -145,3 +145,29 @@ def test_the_stability_numbers_are_the_committed_sweeps():
         assert f"{quoted} with jax {version}" in readme, (path.name, quoted)
         assert f"{len(result['rows']):,} comparisons" in readme
         assert worst <= claim
+
+
+def test_the_quickstart_comments_hold():
+    """README's first two examples say `stats["num_batches_tracked"] == 1` after one step and that the masked call
+    equals PyTorch's BatchNorm on the 16 valid time steps: run them and check both."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    blocks = [code for name, code in _blocks("python") if name == "README.md"]
+    assert "# stats[\"num_batches_tracked\"] == 1" in blocks[0] and "== torch BN on the 16 valid steps" in blocks[1]
+    first: dict = {}
+    exec(blocks[0], first)  # noqa: S102 -- README's own code
+    assert int(first["stats"]["num_batches_tracked"]) == 1
+    second = dict(first)  # the second example uses the first one's imports
+    exec(blocks[1], second)  # noqa: S102
+    (x, mask, y), stats = (np.asarray(second[k]) for k in ("x", "mask", "y")), second["stats"]
+    valid = np.broadcast_to(mask, x.shape)
+    steps = x.transpose(0, 2, 1)[valid.transpose(0, 2, 1)[..., 0]]  # (valid steps, C)
+    assert steps.shape == (16, 16)
+    bn = torch.nn.BatchNorm1d(16)
+    want = bn(torch.from_numpy(steps)).detach().numpy()
+    got = y.transpose(0, 2, 1)[valid.transpose(0, 2, 1)[..., 0]]
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    assert np.all(y[~valid] == 0)
+    np.testing.assert_allclose(np.asarray(stats["running_var"]), bn.running_var.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(stats["running_mean"]), bn.running_mean.numpy(), atol=1e-7)

@@ -210,6 +210,28 @@ def test_export_lowers_for_cpu_cuda_and_tpu(family):
     _assert_close_f32(exported.call(x, p, t, tp), jax.jit(step)(x, p, t, tp))
 
 
+def test_export_of_the_large_input_path_lowers_for_cpu_cuda_and_tpu():
+    """Inputs of _PLAIN_SUMS_MIN_SIZE elements or more carry the CPU's plain-or-shifted conditional: exported for
+    the three platforms, the CPU program is the jitted one, on well-conditioned and on offset data."""
+    from jaxnorm import _stats
+
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(16, 8, 16, 16)), jnp.float32)
+    assert x.size >= _stats._PLAIN_SUMS_MIN_SIZE
+    params, stats = jn.batch_norm_init(8)
+    ln = jn.layer_norm_init(16)
+
+    def step(x, params):
+        loss = lambda x, params: jnp.sum(jnp.sin(jn.batch_norm_2d(x, params, stats, train=True)[0])  # noqa: E731
+                                         + jn.layer_norm(x, ln, 16))
+        return jax.value_and_grad(loss, argnums=(0, 1))(x, params)
+
+    exported = jax.export.export(jax.jit(step), platforms=("cpu", "cuda", "tpu"))(x, params)
+    assert exported.platforms == ("cpu", "cuda", "tpu")
+    assert exported.mlir_module().count("stablehlo.case") >= 2  # the platform choice and the CPU's conditional
+    for data in (x, x + 1e3):  # plain sums, then the shifted branch
+        _assert_close_f32(exported.call(data, params), jax.jit(step)(data, params))
+
+
 def _assert_close_f32(got, want):
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
@@ -234,23 +256,30 @@ def test_float64_inputs_give_float64_statistics_and_outputs(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_half_precision_inputs_keep_their_dtype_with_float32_statistics(family):
+    """bfloat16/float16 inputs: the output, its forward-mode tangent and the input gradient have the input's dtype
+    and are the float32 results (from the same rounded input, tangent and cotangent) rounded once: within one
+    rounding unit of the output dtype (2^-8 for bfloat16, 2^-11 for float16) of their largest magnitude."""
     fam = FAMILIES[family]
     x, p, t, _ = (jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), v) for v in _inputs(fam, seed=6))
+    c = jnp.asarray(np.random.default_rng(7).normal(size=x.shape), jnp.float32)  # a cotangent that is not constant
+
+    def derivatives(x, t, c):
+        y, y_dot = jax.jvp(lambda x: fam.fn(x, p), (x,), (t,))
+        dx = jax.vjp(lambda x: fam.fn(x, p), x)[1](c.astype(y.dtype))[0]
+        return y, y_dot, dx
 
     @jax.jit
-    def run(x, t):
+    def run(x, t, c):
         out = {}
         for dtype in (jnp.bfloat16, jnp.float16):
-            y, y_dot = jax.jvp(lambda x: fam.fn(x, p), (x.astype(dtype),), (t.astype(dtype),))
-            ref = fam.fn(x.astype(dtype).astype(jnp.float32), p)  # float32 from the rounded input
-            dx = jax.grad(lambda x: jnp.sum(fam.fn(x, p).astype(jnp.float32)))(x.astype(dtype))
-            out[jnp.dtype(dtype).name] = (y, y_dot, ref, dx)
+            rounded = [v.astype(dtype) for v in (x, t, c)]
+            out[jnp.dtype(dtype).name] = (derivatives(*rounded),
+                                          derivatives(*(v.astype(jnp.float32) for v in rounded)))
         return out
 
-    for name, (y, y_dot, ref, dx) in run(x, t).items():
-        assert y.dtype == y_dot.dtype == dx.dtype == jnp.dtype(name)
-        # Statistics in float32: only the output's own rounding remains (8 significant bits for bfloat16, 11 for half).
+    for name, (half, full) in run(x, t, c).items():
         bound = 2.0 ** -8 if name == "bfloat16" else 2.0 ** -11
-        err = float(jnp.max(jnp.abs(y.astype(jnp.float32) - ref)))
-        assert err <= bound * float(jnp.max(jnp.abs(ref))), f"{name} {family}: error {err:.2e}"
-        assert bool(jnp.all(jnp.isfinite(dx.astype(jnp.float32))))
+        for what, got, want in zip(("y", "jvp tangent", "input gradient"), half, full, strict=True):
+            assert got.dtype == jnp.dtype(name), (what, got.dtype)
+            err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want)))
+            assert err <= bound * float(jnp.max(jnp.abs(want))), f"{name} {family} {what}: error {err:.2e}"
