@@ -45,6 +45,8 @@ CASES = {  # name: (shape, apply(x, params), params, forward traffic, forward+ba
     "instance_norm": (BN, _in, jn.instance_norm_init(64, affine=True)[0], 4, 10),
     "group_norm": (BN, lambda x, p: jn.group_norm(x, p, 8), jn.group_norm_init(8, 64), 4, 10),
     "layer_norm": (LN, lambda x, p: jn.layer_norm(x, p, 256), jn.layer_norm_init(256), 4, 10),
+    # README: RMSNorm moves 8N forward+backward (Flax's 17N); uncentred, its forward is one fused pass (2N)
+    "rms_norm": (LN, lambda x, p: jn.rms_norm(x, p, 256), jn.rms_norm_init(256), 2, 8),
     # README's cost of a per-example mask (a padded batch, 12 of 16 valid)
     "batch_norm NCHW, per-example mask": (BN, _bn(1, (np.arange(16) < 12).reshape(16, 1, 1, 1)),
                                           jn.batch_norm_init(64)[0], 4, 12),
