@@ -142,6 +142,9 @@ def run(cfg: RunConfig, log=print) -> dict[str, list[dict]]:
     t0 = time.perf_counter()
     timer = training.Timer()
     data = load_data(cfg, log)
+    if cfg.inspect and "bn" in cfg.configs and len(data.train_y) < 2:  # training itself masks such a batch
+        raise UsageError(f"--inspect needs at least 2 training images for LeNet_bn (its train-mode BatchNorm1d has "
+                         f"no variance over 1 image), got {len(data.train_y)}")
     timer.add("data", t0)
     mesh = _mesh(cfg.devices)
     cfg.out.mkdir(parents=True, exist_ok=True)

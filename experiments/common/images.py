@@ -319,6 +319,9 @@ def load_arrays(path: str | os.PathLike = EMBEDDED, source: str | None = None) -
                             [str(c) for c in f["classes"]])
     except (KeyError, ValueError, OSError) as e:
         raise DataError(f"{path} is not a photo array file ({type(e).__name__}: {e})") from None
+    for split, y in (("train", photos.train_y), ("valid", photos.valid_y)):
+        if len(y) == 0:  # the folder and CIFAR readers refuse an empty split too; nothing could train or be scored
+            raise DataError(f"{path} has no {split} images ({split}_y is empty); need at least 1")
     return photos.normalized(source or f"photo arrays {path}")
 
 

@@ -99,6 +99,11 @@ def padded_batches(order: np.ndarray, batch_size: int) -> list[tuple[np.ndarray,
     return batches
 
 
+def train_batch(data: Dataset, idx: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> tuple:
+    """``(images, labels, mask, crop offsets)`` of one padded batch (:func:`padded_batches`), as the step takes it."""
+    return data.train_x[idx], data.train_y[idx], mask, offsets
+
+
 # ------------------------------------------------------------------------------------------------ steps
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -195,8 +200,12 @@ class Compiled:
         if mesh is not None:
             state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=devices.replicated(mesh)),
                                  state)
-        sample = devices.put_global_batch(mesh, (data.train_x[:batch_size], data.train_y[:batch_size],
-                                                 np.ones(batch_size, bool), np.zeros((batch_size, 2), np.int32)))
+        if len(data.train_y) == 0 or len(data.valid_y) == 0:
+            raise ValueError(f"Compiled.build needs at least 1 training and 1 validation example, got "
+                             f"{len(data.train_y)} and {len(data.valid_y)} ({data.source})")
+        # Compiled for the shape every epoch feeds it: a full, padded batch, even from fewer images than one batch.
+        idx, mask = padded_batches(np.arange(len(data.train_y)), batch_size)[0]
+        sample = devices.put_global_batch(mesh, train_batch(data, idx, mask, np.zeros((batch_size, 2), np.int32)))
         step = jax.jit(make_step(task), donate_argnums=0, compiler_options=compile_options("step")
                        ).lower(state, *sample).compile()
         valid = devices.put_global_batch(mesh, eval_chunks(data.valid_x, data.valid_y, n_dev), axis=1)
@@ -236,7 +245,7 @@ def train_epoch(compiled: Compiled, state: State, data: Dataset, *, seed: int, e
     losses, correct = [], []
     for k, (idx, mask) in enumerate(padded_batches(order, batch_size)):
         off = offsets[k * batch_size:(k + 1) * batch_size]  # offsets belong to positions in the epoch's order
-        batch = devices.put_global_batch(compiled.mesh, (data.train_x[idx], data.train_y[idx], mask, off))
+        batch = devices.put_global_batch(compiled.mesh, train_batch(data, idx, mask, off))
         state, (loss, n_correct) = compiled.step(state, *batch)
         losses.append(loss)
         correct.append(n_correct)

@@ -336,6 +336,16 @@ def test_cli_no_valid_split(tmp_path, capsys):
                            "no 'valid' split", str(tmp_path / "d"))
 
 
+@pytest.mark.parametrize("empty", ["train", "valid"])
+def test_cli_photo_arrays_with_an_empty_split(tmp_path, capsys, empty):
+    n = {"train": 2, "valid": 2, empty: 0}
+    x = {s: np.zeros((n[s], 32, 32, 3), np.uint8) for s in n}
+    y = {s: (np.arange(n[s]) % 2).astype(np.int32) for s in n}
+    path = data.save_arrays(data.Photos(x["train"], y["train"], x["valid"], y["valid"], ["a", "b"]), tmp_path / "p.npz")
+    _assert_cli_data_error(lenet_main(capsys, "--data", str(path), "--out", str(tmp_path / "o")),
+                           f"{path} has no {empty} images ({empty}_y is empty); need at least 1")
+
+
 def test_cli_too_many_unreadable(tmp_path, capsys):
     image_folder(tmp_path / "d", n_train=1, n_valid=1)
     (tmp_path / "d" / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really")

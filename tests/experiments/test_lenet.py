@@ -7,6 +7,7 @@ optimizer and schedule, the fan-in formulas of PyTorch's default init, and an un
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +48,18 @@ def _tiny_folder(root: Path, n_train=10, n_valid=3, seed=0) -> Path:
             for i in range(n):
                 Image.fromarray(rng.integers(lo, hi, (12, 12, 3), dtype=np.uint8)).save(d / f"{i}.png")
     return root
+
+
+def _photo_arrays(path: Path, n_train: int, n_valid=4, seed=0) -> Path:
+    """Two classes of 32x32 images (dark vs bright noise) as a photo-array file (``images.save_arrays``)."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        y = (np.arange(n) % 2).astype(np.int32)
+        return (rng.integers(0, 150, (n, 32, 32, 3)) + 100 * y[:, None, None, None]).astype(np.uint8), y
+
+    (tx, ty), (vx, vy) = split(n_train), split(n_valid)
+    return images.save_arrays(images.Photos(tx, ty, vx, vy, ["dark", "bright"]), path)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -272,6 +285,44 @@ def test_nnx_models_train_to_the_linen_models_metrics(tmp_path):
             assert set(got) == set(want)
             for key, value in want.items():
                 np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-7, err_msg=f"{config} {key}")
+
+
+@pytest.mark.parametrize("n_train", [1, 7, 8])
+def test_a_training_set_smaller_than_one_batch_trains_one_short_padded_batch_per_epoch(tmp_path, capsys, n_train):
+    """Batch 16 with 1, 7 or 8 training images (8: the folder of 4 photos per class that crashed): every epoch is one
+    batch padded to 16 and masked, so only the real images count."""
+    if n_train == 8:
+        data = _tiny_folder(tmp_path / "data", n_train=4, n_valid=2)
+    else:
+        data = _photo_arrays(tmp_path / "photos.npz", n_train)
+    metrics = lenet.main(["--data", str(data), "--config", "bn", "--epochs", "2", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert out.count("Iteration[001/001]") == 4  # a Training and a Valid line per epoch
+    assert [r["epoch"] for r in metrics["bn"]] == [0, 1]
+    for record in metrics["bn"]:
+        assert all(math.isfinite(v) for v in record.values()), record
+        correct = record["train_acc"] * n_train  # an accuracy over the real images: a whole number of them
+        assert abs(correct - round(correct)) < 1e-9 and 0 <= round(correct) <= n_train, record
+    assert json.loads((tmp_path / "out" / "timing.json").read_text())["train_images"] == 2 * n_train
+    assert "precise BN skipped: fewer training images than one batch" in out
+
+
+def test_inspecting_lenet_bn_on_one_training_image_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        lenet.main(["--data", str(_photo_arrays(tmp_path / "photos.npz", 1)), "--config", "bn", "--inspect",
+                    "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "lenet: error: --inspect needs at least 2 training images for LeNet_bn (its train-mode BatchNorm1d has no "
+        "variance over 1 image), got 1"]
+
+
+def test_a_build_without_training_or_validation_images_is_a_clear_error():
+    ds = images.synthetic_dataset(0, n_train=4, n_valid=2)
+    task = steps.linen_task(models.make_model("bn"), training.make_optimizer(0.01, 1), ds.train_x[:1])
+    empty = dataclasses.replace(ds, valid_x=ds.valid_x[:0], valid_y=ds.valid_y[:0])
+    with pytest.raises(ValueError, match=r"at least 1 training and 1 validation example, got 4 and 0 \(SYNTHETIC"):
+        training.Compiled.build(task, empty, 16, None)
 
 
 def test_divergence_is_reported_and_stop_keeps_the_metrics_up_to_there(tmp_path, capsys):

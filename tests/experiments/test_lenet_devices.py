@@ -74,6 +74,37 @@ def test_two_and_four_devices_match_one_device_with_a_short_last_batch(tmp_path)
     assert runs[1][1]["train_loss"] < runs[1][0]["train_loss"]  # training did something
 
 
+SMALL_WORKER = """
+import json, sys
+from experiments import lenet
+out = {}
+for n_train, data in zip((1, 7, 8), sys.argv[1:4]):
+    for n in (1, 2):
+        out[f"{n_train} {n}"] = lenet.main(["--devices", str(n), "--data", data, "--epochs", "2", "--config", "bn",
+                                            "--out", sys.argv[4] + f"/n{n_train}d{n}"])["bn"]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_training_sets_smaller_than_one_batch_train_on_two_devices_as_on_one(tmp_path):
+    """1, 7 or 8 training images and batch 16: one padded batch per epoch, split 8 + 8 rows over 2 devices, so one
+    device holds only padding (and with 1 image, BatchNorm1d has a single real value per channel)."""
+    sets = [str(_photos(tmp_path / f"photos{n}.npz", n_train=n, n_valid=5)) for n in (1, 7, 8)]
+    proc = subprocess.run([sys.executable, "-c", SMALL_WORKER, *sets, str(tmp_path)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for n_train in (1, 7, 8):
+        one, two = runs[f"{n_train} 1"], runs[f"{n_train} 2"]
+        assert [r["epoch"] for r in one] == [r["epoch"] for r in two] == [0, 1]
+        diffs = {(a["epoch"], k): abs(a[k] - b[k]) for a, b in zip(one, two, strict=True) for k in METRICS}
+        assert all(np.isfinite(list(diffs.values()))), (n_train, one, two)
+        assert max(diffs.values()) <= TOL, (n_train, {k: v for k, v in diffs.items() if v > TOL})
+        for record in one:  # accuracies over the real images only
+            assert abs(record["train_acc"] * n_train - round(record["train_acc"] * n_train)) < 1e-9, record
+
+
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *must_contain: str) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
