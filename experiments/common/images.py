@@ -334,12 +334,58 @@ def cifar_dir(root: Path) -> Path | None:
     return None
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a Python object that no CIFAR-10 batch holds."""
+
+
+def _latin1_encode(text, encoding):
+    """``_codecs.encode`` as pickle uses it: Python 3 writes ``bytes`` at protocol 2 as ``encode(str, "latin1")``."""
+    if encoding != "latin1":
+        raise _ForbiddenGlobal(f"_codecs.encode with encoding {encoding!r} (pickle itself only writes 'latin1')")
+    return text.encode("latin1")
+
+
+def _cifar_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR-10 python batch may name: NumPy's array pickling, under NumPy 1 and 2 module names.
+
+    The real batches (Python 2, protocol 2) name ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
+    ``numpy.dtype``; NumPy 2 writes ``numpy._core...``; protocol 5 writes ``_frombuffer`` instead of
+    ``_reconstruct``; Python 3 at protocol <= 2 writes bytes through ``_codecs.encode``.
+    """
+    reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]  # this NumPy's _reconstruct, whatever its module
+    frombuffer = np.zeros(0).__reduce_ex__(5)[0]  # this NumPy's _frombuffer
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes, str, numbers and NumPy arrays; refuses every other global.
+
+    ``pickle.load`` would import and call whatever a file names (``os.system``, ``builtins.open``...), so a file
+    named ``data_batch_1`` in a downloaded folder could run any code while it loads.
+    """
+
+    ALLOWED = _cifar_globals()
+
+    def find_class(self, module, name):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(f"{module}.{name}") from None
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _CifarUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(batch[b"labels"], np.int64)
+    except _ForbiddenGlobal as e:
+        raise DataError(f"refusing CIFAR-10 batch {path}: it asks to load {e}, which a CIFAR-10 batch never holds "
+                        "(only dicts, lists, bytes, str, ints and NumPy arrays)") from None
     except Exception as e:  # noqa: BLE001 -- any failure to unpickle means "not a CIFAR batch"; say which file
         raise DataError(f"cannot read CIFAR-10 batch {path}: {type(e).__name__}: {e}") from None
     if len(labels) != len(data):

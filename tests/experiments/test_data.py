@@ -8,8 +8,12 @@ from the ImageNet mean/std: a solid image stays solid through any resize). The C
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
+import pickletools
+import shlex
+import struct
 import subprocess
 import sys
 import warnings
@@ -164,6 +168,110 @@ def test_cifar10_unreadable_batch_names_the_file(tmp_path):
     (tmp_path / "data_batch_1").write_bytes(b"not a pickle")
     _cifar_batch(tmp_path / "test_batch", [3, 5], 0)
     with pytest.raises(DataError, match="data_batch_1"):
+        data.load_cifar10(tmp_path)
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Protocol 2 as CIFAR-10's batches were written (Python 2's cPickle, NumPy 1): every str and bytes a Python 2
+    ``str`` (BINSTRING, read back as bytes under ``encoding="bytes"``) and arrays rebuilt by
+    ``numpy.core.multiarray._reconstruct``."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def __init__(self, file):
+        super().__init__(file, protocol=2)
+
+    def save_py2_str(self, obj):
+        raw = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[str] = dispatch[bytes] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        if getattr(obj, "__name__", None) == "_reconstruct":
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def _cifar_release(root: Path, batches: dict[str, list[int]], how) -> dict[str, np.ndarray]:
+    """A CIFAR-10 "python version" folder: every batch a dict of b"batch_label", b"labels" (a list of ints), b"data"
+    ((n, 3072) uint8) and b"filenames", plus batches.meta; written by Python 2 (``how="python2"``) or by this Python
+    at protocol ``how``. Returns each batch's (n, 3, 32, 32) images."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def dump(obj, path):
+        with open(path, "wb") as f:
+            _Python2Pickler(f).dump(obj) if how == "python2" else pickle.dump(obj, f, protocol=how)
+
+    out = {}
+    for k, (name, labels) in enumerate(batches.items()):
+        out[name] = np.random.default_rng(k).integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
+        dump({b"batch_label": f"{name} of 1".encode(), b"labels": labels,
+              b"data": out[name].reshape(len(labels), -1), b"filenames": [f"img_{i}.png".encode() for i in labels]},
+             root / name)
+    dump({b"num_cases_per_batch": 10000, b"num_vis": 3072,
+          b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship",
+                           b"truck"]}, root / "batches.meta")
+    return out
+
+
+def _globals_named(path: Path) -> set[str]:
+    ops = list(pickletools.genops(path.read_bytes()))
+    assert "STACK_GLOBAL" not in {op.name for op, _, _ in ops}  # protocol <= 3: every global is a GLOBAL opcode
+    return {arg for op, arg, _ in ops if op.name == "GLOBAL"}
+
+
+@pytest.mark.parametrize("how", ["python2", 2, 5])
+def test_cifar10_batches_as_cifar_ships_them_and_as_python3_writes_them_load(tmp_path, how):
+    d = tmp_path / "cifar-10-batches-py"
+    made = _cifar_release(d, {"data_batch_1": [3, 0, 5, 5], "data_batch_2": [9, 3], "test_batch": [5, 3, 1]}, how)
+    if how == "python2":  # the globals Python 2 cPickle names for a NumPy 1 array, as in the real batches
+        assert _globals_named(d / "data_batch_1") == {"numpy.core.multiarray _reconstruct", "numpy ndarray",
+                                                      "numpy dtype"}
+    ds = data.load_folder(tmp_path)
+    np.testing.assert_array_equal(ds.train_y, [0, 1, 1, 0])
+    np.testing.assert_array_equal(ds.valid_y, [1, 0])
+    kept = np.concatenate([made["data_batch_1"][[0, 2, 3]], made["data_batch_2"][[1]]]).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(ds.train_x, (kept / 255.0 - MEAN) / STD, atol=1e-6)
+    np.testing.assert_allclose(ds.valid_x, (made["test_batch"][:2].transpose(0, 2, 3, 1) / 255.0 - MEAN) / STD,
+                               atol=1e-6)
+
+
+class _Payload:
+    """Unpickling this calls ``call(*args)`` (pickle's ``__reduce__``): what a planted data_batch_1 could do."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("attack", ["open", "os.system"])
+def test_cifar10_batch_that_would_run_code_is_refused_before_anything_runs(tmp_path, capsys, attack):
+    d = tmp_path / "cifar"
+    _cifar_release(d, {"data_batch_1": [3, 5], "test_batch": [3, 5]}, 2)
+    created = tmp_path / "created-by-the-pickle"
+    payload = (_Payload(open, str(created), "w") if attack == "open"
+               else _Payload(os.system, f"touch {shlex.quote(str(created))}"))
+    (d / "data_batch_1").write_bytes(pickle.dumps({b"data": payload, b"labels": [3]}, protocol=2))
+    proc = lenet_main(capsys, "--data", str(d), "--out", str(tmp_path / "o"))
+    assert not created.exists()  # the payload never ran
+    _assert_cli_data_error(proc, f"refusing CIFAR-10 batch {d / 'data_batch_1'}", "which a CIFAR-10 batch never holds")
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_cifar10_batch_naming_a_codec_other_than_latin1_is_refused(tmp_path):
+    _cifar_release(tmp_path, {"data_batch_1": [3, 5], "test_batch": [3, 5]}, 2)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(_Payload(codecs.encode, "abc", "rot13"), protocol=2))
+    with pytest.raises(DataError, match=r"refusing CIFAR-10 batch .*test_batch: it asks to load _codecs.encode with "
+                                        r"encoding 'rot13'"):
         data.load_cifar10(tmp_path)
 
 
