@@ -220,12 +220,12 @@ def _perturbed(build, what: str, by: float = 1e-3):
 
 @pytest.mark.parametrize("what", ["y", "dx"])
 def test_a_wrong_result_stops_the_run_before_timing(what, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(benchmark, "build_flax", _perturbed(benchmark.build_flax, what))
+    monkeypatch.setattr(benchmark.runners, "build_flax", _perturbed(benchmark.build_flax, what))
 
     def no_timing(*args, **kwargs):
         raise AssertionError("timed although the cross-check failed")
 
-    monkeypatch.setattr(benchmark, "time_interleaved", no_timing)
+    monkeypatch.setattr(benchmark.run, "time_interleaved", no_timing)
     out = tmp_path / "bench.json"
     status = benchmark.cli(FAST + ["--ops", "bn_nchw", "--no-torch", "--json", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -239,14 +239,14 @@ def test_a_wrong_result_stops_the_run_before_timing(what, monkeypatch, capsys, t
 
 def test_jaxnorm_is_held_to_1e_4_even_where_the_others_get_more(monkeypatch, capsys):
     # Offset data: Flax and PyTorch may be off by up to ~1.9e-3 there; jaxnorm, with its hi + lo mean, by 1e-4.
-    monkeypatch.setattr(benchmark, "build_jaxnorm", _perturbed(benchmark.build_jaxnorm, "y", by=5e-4))
+    monkeypatch.setattr(benchmark.runners, "build_jaxnorm", _perturbed(benchmark.build_jaxnorm, "y", by=5e-4))
     assert benchmark.cli(FAST + ["--ops", "bn_nchw", "--no-torch", "--data", "offset"]) == 1
     err = capsys.readouterr().err
     assert "jaxnorm: y vs the float64 reference is off by 0.0005" in err and "tolerance 0.0001" in err
 
 
 def test_a_known_inaccurate_implementation_is_dropped_from_timing_and_labelled(monkeypatch):
-    monkeypatch.setattr(benchmark, "build_flax", _perturbed(benchmark.build_flax, "y", by=0.5))
+    monkeypatch.setattr(benchmark.runners, "build_flax", _perturbed(benchmark.build_flax, "y", by=0.5))
     monkeypatch.setitem(benchmark.KNOWN_INACCURATE, ("bn_nchw", "flax"), "a test's broken Flax")
     rows = benchmark.main(FAST + ["--ops", "bn_nchw", "--no-torch"])
     assert [r["pass"] for r in rows] == list(benchmark.PASSES)
@@ -349,13 +349,20 @@ def test_quick_run_on_offset_data_gives_flax_the_two_pass_variance_and_records_t
 
 
 def _row(case: str, pass_: str, **fields) -> dict:
+    """A results file's row, every field null or neutral but those given."""
     c = benchmark.CASES[case]
     row = {"case": case, "op": c.op, "norm": c.title, "layout": c.layout, "shape": list(c.shape), "pass": pass_,
-           "masked": c.masked, "data": "normal", "impls": ["jaxnorm", "flax"],
-           "setup": {"jaxnorm": "axis=1", "flax": "F", "torch": "T"}, "flax_fast_variance_err": None}
+           "masked": c.masked, "data": "normal", "dtype": "float32", "impls": ["jaxnorm", "flax"],
+           "setup": {"jaxnorm": "axis=1", "flax": "F", "torch": "T"}, "flax_variance": "fast", "torch_device": None,
+           "check": {}, "check_tol": 1e-4, "check_tol_jaxnorm": 1e-4, "condition": 0.1, "excluded": {},
+           "check_mask_vs_valid_only": None, "flax_fast_variance_err": None, "bytes": 0, "rounds": 20, "inner": 5,
+           "warmup": 5}
     for impl in benchmark.ALL_IMPLS:
-        row |= {f"{impl}_ms": None, f"{impl}_hlo_traffic": None, f"{impl}_hlo_traffic_dearest": None}
+        row |= {f"{impl}_ms": None, f"{impl}_ms_min": None, f"{impl}_gbs": None}
+    for impl in benchmark.ALL_IMPLS[1:]:
         row |= {f"jaxnorm_vs_{impl}": None, f"jaxnorm_vs_{impl}_iqr": None, f"jaxnorm_vs_{impl}_best": None}
+    for impl in benchmark.JAX_IMPLS:
+        row |= {f"{impl}_hlo_traffic": None, f"{impl}_hlo_traffic_dearest": None}
     return row | fields
 
 

@@ -1,0 +1,201 @@
+"""How each library runs a case: a builder per implementation (jaxnorm, jaxnorm unmasked, Flax, PyTorch).
+
+A builder returns an :class:`Impl`: two zero-argument callables that run one training-mode step and block until it
+is done, a ``result`` callable giving (y, dx) as NumPy in the case's layout for the cross-check, and (JAX only) the
+compiled HLO text of either step.
+
+* ``fwd``: ``y = norm(x)``. JAX: one ``jax.jit`` call. torch: the functional op under ``no_grad``.
+* ``fwd+bwd``: ``y, vjp = jax.vjp(norm, x, params); dx, dparams = vjp(dy)`` with a *random* cotangent ``dy``, the
+  whole thing under one ``jax.jit``. torch: ``y = op(x); y.backward(dy)``.
+
+A JAX call includes its dispatch, as a user pays it; a CUDA torch call synchronizes, as ``block_until_ready`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxnorm as jn
+from experiments.benchmark.cases import EPS, GROUPS, Case
+from experiments.benchmark.inputs import Problem
+
+
+@dataclasses.dataclass
+class Impl:
+    """One implementation of one case, ready to time and to check."""
+
+    fwd: Callable[[], object]
+    fwdbwd: Callable[[], object]
+    result: Callable[[], tuple[np.ndarray, np.ndarray]]
+    hlo: Callable[[str], str] | None = None  # pass -> optimized (compiled) HLO text; JAX only
+    y_valid_only: bool = False  # y is defined at the mask's valid positions only (Flax's masked BN)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the builders need besides the case: Flax's variance formula and PyTorch's device."""
+
+    flax_fast_variance: bool = True
+    torch_device: str = "cpu"
+
+
+def _jax_impl(apply, p: Problem, params, state, mask) -> Impl:
+    """Wrap ``apply(x, params, state, mask) -> (y, new_state)`` into jitted fwd and fwd+vjp steps.
+
+    The mask is an argument of the jitted functions, not a closure constant, so XLA cannot specialize on its value.
+    """
+    x, dy = jnp.asarray(p.x), jnp.asarray(p.dy)
+    mask = None if mask is None else jnp.asarray(mask)
+    fwd = jax.jit(apply)
+
+    @jax.jit
+    def fwdbwd(x, params, state, mask, dy):
+        # Differentiate w.r.t. x and the affine parameters, as a training step does; the updated
+        # running statistics are an auxiliary output (not differentiated).
+        y, vjp, new_state = jax.vjp(lambda x, q: apply(x, q, state, mask), x, params, has_aux=True)
+        dx, dparams = vjp(dy)
+        return y, new_state, dx, dparams
+
+    def result():
+        y, _, dx, _ = fwdbwd(x, params, state, mask, dy)
+        return np.asarray(y), np.asarray(dx)
+
+    def hlo(pass_):
+        lowered = fwd.lower(x, params, state, mask) if pass_ == "fwd" else fwdbwd.lower(x, params, state, mask, dy)
+        return lowered.compile().as_text()
+
+    return Impl(fwd=lambda: jax.block_until_ready(fwd(x, params, state, mask)),
+                fwdbwd=lambda: jax.block_until_ready(fwdbwd(x, params, state, mask, dy)),
+                result=result, hlo=hlo)
+
+
+def build_jaxnorm(case: Case, p: Problem, opts: Options, *, use_mask: bool = True) -> Impl:
+    """jaxnorm's functional API on x in the case's own layout (``use_mask=False``: ignore the case's mask)."""
+    axis = case.channel_axis
+    params = {"weight": jnp.asarray(p.weight)} | ({} if p.bias is None else {"bias": jnp.asarray(p.bias)})
+    stats = jn.batch_norm_init(p.x.shape[axis])[1] if case.op == "batch_norm_2d" else {}
+    shape = (p.x.shape[-1],)
+    if case.op == "batch_norm_2d":
+        def apply(x, q, s, m):
+            return jn.batch_norm_2d(x, q, s, train=True, momentum=0.1, eps=EPS, axis=axis, mask=m)
+    elif case.op == "group_norm":
+        def apply(x, q, s, m):
+            return jn.group_norm(x, q, GROUPS, eps=EPS, axis=axis, mask=m), s
+    elif case.op == "layer_norm":
+        def apply(x, q, s, m):
+            return jn.layer_norm(x, q, shape, eps=EPS, mask=m), s
+    else:
+        def apply(x, q, s, m):
+            return jn.rms_norm(x, q, shape, eps=EPS, mask=m), s
+    return _jax_impl(apply, p, params, stats, p.mask if use_mask else None)
+
+
+def build_jaxnorm_nomask(case: Case, p: Problem, opts: Options) -> Impl:
+    """jaxnorm without the mask, on the same (full) batch: what the masked rows compare the mask's price with."""
+    return build_jaxnorm(case, p, opts, use_mask=False)
+
+
+def _flax_module(case: Case, fast_variance: bool):
+    if case.op == "batch_norm_2d":
+        # flax momentum is the weight of the *old* running value: 0.9 == PyTorch's 0.1.
+        return nn.BatchNorm(use_running_average=False, axis=case.channel_axis, momentum=0.9, epsilon=EPS,
+                            use_fast_variance=fast_variance)
+    if case.op == "group_norm":
+        return nn.GroupNorm(num_groups=GROUPS, epsilon=EPS, use_fast_variance=fast_variance)
+    if case.op == "layer_norm":
+        return nn.LayerNorm(epsilon=EPS, use_fast_variance=fast_variance)
+    return nn.RMSNorm(epsilon=EPS)  # uncentred: E[x²] has no fast/two-pass choice
+
+
+def build_flax(case: Case, p: Problem, opts: Options) -> Impl:
+    """flax.linen's BatchNorm / GroupNorm / LayerNorm / RMSNorm with ``opts``' variance formula."""
+    mod = _flax_module(case, opts.flax_fast_variance)
+    params = {"scale": jnp.asarray(p.weight)} | ({} if p.bias is None else {"bias": jnp.asarray(p.bias)})
+    if case.op == "batch_norm_2d":
+        c = p.x.shape[case.channel_axis]
+        state = {"mean": jnp.zeros(c), "var": jnp.ones(c)}
+
+        def apply(x, q, s, m):
+            y, updates = mod.apply({"params": q, "batch_stats": s}, x, mask=m, mutable=["batch_stats"])
+            return y, updates["batch_stats"]
+    elif case.op == "group_norm" and case.layout == "NCHW":
+        state = {}
+
+        def apply(x, q, s, m):
+            # Flax's GroupNorm is channels-last only: the transposes in and out are part of Flax's NCHW path.
+            y = mod.apply({"params": q}, jnp.transpose(x, (0, 2, 3, 1)))
+            return jnp.transpose(y, (0, 3, 1, 2)), s
+    else:
+        state = {}
+
+        def apply(x, q, s, m):
+            return mod.apply({"params": q}, x), s
+    impl = _jax_impl(apply, p, params, state, p.mask)
+    impl.y_valid_only = p.mask is not None
+    return impl
+
+
+def build_torch(case: Case, p: Problem, opts: Options) -> Impl:
+    """torch.nn.functional ops on ``opts.torch_device``; BN updates running buffers in place, as nn.BatchNorm2d."""
+    import torch
+    import torch.nn.functional as F
+
+    device = opts.torch_device
+    xt, dyt = torch.from_numpy(p.x.copy()).to(device), torch.from_numpy(p.dy.copy()).to(device)
+    # CUDA kernels run asynchronously: a timed call must wait for them, as block_until_ready does for JAX.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    to_case_layout = lambda a: a  # noqa: E731
+    if case.layout == "NHWC":
+        # A permuted view of NHWC memory *is* torch's channels_last NCHW tensor: no copy.
+        xt, dyt = xt.permute(0, 3, 1, 2), dyt.permute(0, 3, 1, 2)
+        assert xt.is_contiguous(memory_format=torch.channels_last)
+        to_case_layout = lambda a: a.transpose(0, 2, 3, 1)  # noqa: E731
+    c = p.weight.shape[0]
+    weight = torch.from_numpy(p.weight.copy()).to(device).requires_grad_(True)
+    bias = None if p.bias is None else torch.from_numpy(p.bias.copy()).to(device).requires_grad_(True)
+    running_mean, running_var = torch.zeros(c, device=device), torch.ones(c, device=device)
+
+    def op(inp):
+        if case.op == "batch_norm_2d":
+            return F.batch_norm(inp, running_mean, running_var, weight, bias, training=True, momentum=0.1, eps=EPS)
+        if case.op == "group_norm":
+            return F.group_norm(inp, GROUPS, weight, bias, eps=EPS)
+        if case.op == "layer_norm":
+            return F.layer_norm(inp, (c,), weight, bias, eps=EPS)
+        return F.rms_norm(inp, (c,), weight, eps=EPS)
+
+    def fwd():
+        with torch.no_grad():
+            y = op(xt)
+        sync()
+        return y
+
+    xg = xt.detach().requires_grad_(True)
+
+    def fwdbwd():
+        # Drop old grads so backward writes them fresh instead of accumulating (an extra pass).
+        xg.grad = weight.grad = None
+        if bias is not None:
+            bias.grad = None
+        y = op(xg)
+        y.backward(dyt)
+        sync()
+        return y
+
+    def result():
+        y = fwdbwd()
+        return to_case_layout(y.detach().cpu().numpy()), to_case_layout(xg.grad.cpu().numpy())
+
+    return Impl(fwd=fwd, fwdbwd=fwdbwd, result=result)
+
+
+def builders() -> dict[str, Callable[[Case, Problem, Options], Impl]]:
+    """Looked up at run time, so that a test can replace one builder of this module with a wrong one."""
+    return {"jaxnorm": build_jaxnorm, "jaxnorm_nomask": build_jaxnorm_nomask, "flax": build_flax,
+            "torch": build_torch}
