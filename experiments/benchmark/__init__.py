@@ -14,7 +14,7 @@ its part in its docstring:
 * :mod:`~experiments.benchmark.rows`: the typed rows and their JSON form in the results files;
 * :mod:`~experiments.benchmark.tables`: the Markdown tables of rows and the "faster?" verdict;
 * :mod:`~experiments.benchmark.report`: the tables of results files, and whether a document's copy is current;
-* :mod:`~experiments.benchmark.environment`: what a run records about the machine and the code;
+* :mod:`~experiments.benchmark.environment`: what a run records about the machine, and whether it was quiet;
 * :mod:`~experiments.benchmark.command_line`: the command line.
 
 ``__all__`` below is the public surface, importable from the package. Those names are bindings: a test that
@@ -49,7 +49,7 @@ from experiments.benchmark.checks import (
     cross_check,
 )
 from experiments.benchmark.command_line import cli, main, parse_args
-from experiments.benchmark.environment import resolve_torch_device
+from experiments.benchmark.environment import QUIET_LOAD_PER_CPU, noise, resolve_torch_device
 from experiments.benchmark.float64_reference import reference, rel_err
 from experiments.benchmark.inputs import Problem, make_problem
 from experiments.benchmark.report import REPO, describe, render_tables, stale_tables
@@ -73,10 +73,10 @@ from experiments.common.lesson_weights import torch_available
 from experiments.common.timing import paired_ratios, time_interleaved
 
 __all__ = ["ALL_IMPLS", "BYTES_PER_X", "CASES", "CHECK_TOL", "DATA", "EPS", "FLAX_VARIANCE", "GAIN", "GROUPS", "IMPLS",
-           "JAX_IMPLS", "KNOWN_INACCURATE", "LABELS", "LEGEND", "OFFSET", "PASSES", "REPO",
+           "JAX_IMPLS", "KNOWN_INACCURATE", "LABELS", "LEGEND", "OFFSET", "PASSES", "QUIET_LOAD_PER_CPU", "REPO",
            "ROUNDING_ULPS", "Case", "CheckResult", "CrossCheckError", "Errors", "Impl", "MaskCheck", "Measured",
            "Options", "Problem", "Ratio", "ResultsFileError", "Row", "RunConfig", "Timing", "Traffic", "build_flax",
            "build_jaxnorm", "build_jaxnorm_nomask", "build_torch", "bytes_moved", "case_impls", "check_tolerance",
            "cli", "cross_check", "describe", "format_table", "hlo_traffic", "load_results", "main",
-           "make_problem", "paired_ratios", "parse_args", "reference", "rel_err", "render_tables",
+           "make_problem", "noise", "paired_ratios", "parse_args", "reference", "rel_err", "render_tables",
            "resolve_torch_device", "run_case", "stale_tables", "time_interleaved", "torch_available", "verdict"]

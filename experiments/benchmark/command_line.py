@@ -14,7 +14,7 @@ from pathlib import Path
 
 from experiments.benchmark.cases import CASES, DATA, FLAX_VARIANCE
 from experiments.benchmark.checks import CHECK_TOL, ROUNDING_ULPS, CrossCheckError
-from experiments.benchmark.environment import capture, load_average, resolve_torch_device
+from experiments.benchmark.environment import capture, load_average, noise, resolve_torch_device
 from experiments.benchmark.report import describe, render_tables
 from experiments.benchmark.rows import ResultsFileError, Row, results_json
 from experiments.benchmark.run import RunConfig, run_case
@@ -40,6 +40,8 @@ cross-check: before timing, every implementation's y and dx are compared with a 
   implementation and the error. Implementations in KNOWN_INACCURATE (PyTorch's channels-last GroupNorm) are not timed instead, and the
   row says why.
 results: --json FILE writes {{"meta": date, machine, CPU, versions, git commit, data, rounds, ...; "rows": ...}}.
+  A run with uncommitted changes or another load on the machine prints a warning: such results belong in
+  benchmarks/ only with --caveat TEXT, which the tables show.
 tables: --table FILE... prints, per file, a Markdown table of jaxnorm ms, jaxnorm / Flax and jaxnorm / PyTorch
   (median of per-round paired ratios, interquartile range, best-call ratio), a "faster?" verdict derived from
   them (yes / no (slower) / no gain), and the compiled-HLO traffic in units of N; masked BN in a second table.
@@ -84,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     a("--out", type=Path, default=None, help="folder for benchmark.json and benchmark.md (created if missing)")
     a("--hlo", type=Path, default=None,
       help="folder to write the compiled (optimized) HLO of the JAX implementations to")
+    a("--caveat", default=None, metavar="TEXT",
+      help="record TEXT as meta.caveat: why results of a run that was not quiet are kept (the tables show it)")
     a("--table", type=Path, nargs="+", default=None, metavar="FILE",
       help="render the performance tables (Markdown) of results files written by --json, print them, run nothing")
     a("--write", type=Path, default=None, metavar="PATH", help="with --table: write the tables to PATH instead")
@@ -108,6 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1 or args.inner < 1 or args.warmup < 0:
         p.error(f"--rounds and --inner must be >= 1 and --warmup >= 0, got {args.rounds}, {args.inner}, "
                 f"{args.warmup}")
+    if args.caveat is not None and not args.caveat.strip():
+        p.error("--caveat: expected a text saying why the results are kept")
     return args
 
 
@@ -137,11 +143,12 @@ def _write_results(args: argparse.Namespace, meta: dict, rows: list[Row], text: 
 
 
 def _meta(args: argparse.Namespace, cfg: RunConfig, load_start: float, argv: list[str] | None) -> dict:
-    return {**capture(), "loadavg_1min_start": load_start, "data": args.data, "rounds": args.rounds,
+    meta = {**capture(), "loadavg_1min_start": load_start, "data": args.data, "rounds": args.rounds,
             "inner": args.inner, "warmup": args.warmup, "quick": args.quick, "scale": args.scale, "seed": args.seed,
             "flax_variance": args.flax_variance, "check_only": args.check_only, "check_tol": CHECK_TOL,
             "torch_device": cfg.opts.torch_device if cfg.with_torch else None,
             "argv": list(sys.argv[1:] if argv is None else argv)}
+    return meta | ({"caveat": args.caveat} if args.caveat is not None else {})
 
 
 def _render(args: argparse.Namespace) -> list[dict]:
@@ -179,6 +186,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     note = fast_variance_note(rows)
     print(text + ("\n\n" + note if note else ""))
     _write_results(args, meta, rows, text)
+    problems = [] if args.check_only else noise(meta)
+    if problems:
+        print(f"benchmark: warning: not a quiet run: {'; '.join(problems)}. These times are not the code's alone; "
+              "results kept in benchmarks/ must say why with --caveat TEXT.", file=sys.stderr)
     return [r.to_json() | {"quick": args.quick, "env": meta} for r in rows]
 
 

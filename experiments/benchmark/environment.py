@@ -1,9 +1,22 @@
-"""Where and on what the numbers are taken, recorded in ``meta`` next to them.
+"""Where and on what the numbers are taken (recorded in ``meta``), and whether the run was quiet enough to keep.
 
 ``meta`` says when, where and on what a run was made: date, machine, CPU model and count, JAX backend and devices,
 the library versions, the measured git commit and whether the working tree differed from it (``git_dirty``), and
-the one-minute load average at the start and at the end of the run: other processes on a small machine stall every
-parallel region (torch's and XLA's thread pools wait for a descheduled worker), so the load tells a noisy table.
+the one-minute load average at the start and at the end of the run.
+
+A quiet run (:func:`noise` finds nothing) has a clean working tree, so that ``git_commit`` is the code that was
+measured, and no other load on the machine: other processes on a small machine stall every parallel region (torch's
+and XLA's thread pools wait for a descheduled worker), so a loaded run's times are the load's, not the code's.
+
+* At the start (read before any case runs) the load average is the *others'* — plus at most about 0.2 from the
+  benchmark's own imports, a few seconds of one core: it must stay at or under ``QUIET_LOAD_PER_CPU`` (a quarter)
+  per CPU, i.e. on average at most one core in four busy with something else.
+* At the end it includes the benchmark's own threads, which keep up to every core busy: it must stay at or under
+  ``(1 + QUIET_LOAD_PER_CPU)`` per CPU — more runnable threads than the benchmark alone can account for means that
+  something else ran during the run.
+
+A run that is not quiet prints a warning; its results do not belong in ``benchmarks/`` unless they say why they are
+kept (``--caveat TEXT``, stored as ``meta.caveat`` and shown under the file's heading in the tables).
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import jax
 from experiments.common.lesson_weights import torch_available
 
 REPO = Path(__file__).resolve().parents[2]
+QUIET_LOAD_PER_CPU = 0.25
 
 
 def load_average() -> float:
@@ -66,6 +80,23 @@ def capture() -> dict:
         env.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                    torch_cuda_device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     return env
+
+
+def noise(meta: dict) -> list[str]:
+    """Why a run's times may not be the code's (empty: a quiet run): uncommitted changes, or other load."""
+    problems = []
+    if meta.get("git_dirty") is not False:
+        state = "differed from" if meta.get("git_dirty") else "may differ from (unknown)"
+        problems.append(f"the working tree {state} the measured commit {meta.get('git_commit')}")
+    cpus = meta.get("cpu_count") or 1
+    start, end = meta.get("loadavg_1min_start"), meta.get("loadavg_1min_end")
+    if start is None or start > QUIET_LOAD_PER_CPU * cpus:
+        problems.append(f"load average {start} at the start > {QUIET_LOAD_PER_CPU * cpus:g} "
+                        f"({QUIET_LOAD_PER_CPU:g} per CPU, {cpus} CPUs): something else was running")
+    if end is None or end > (1 + QUIET_LOAD_PER_CPU) * cpus:
+        problems.append(f"load average {end} at the end > {(1 + QUIET_LOAD_PER_CPU) * cpus:g} (one thread per CPU "
+                        f"for the benchmark + {QUIET_LOAD_PER_CPU:g} per CPU): something else ran alongside")
+    return problems
 
 
 def resolve_torch_device(requested: str | None) -> str:

@@ -2,8 +2,10 @@
 
 ``--table FILE...`` prints :func:`render_tables`: a marker line naming the results files, the legend, then per file
 a heading, one line saying where, on what and how its numbers were taken (:func:`describe`), its tables and, on
-offset data, how far Flax's default fast variance was off. The output is deterministic, so :func:`stale_tables`
-can re-render every marked block of a document and tell which ones differ from their files.
+offset data, how far Flax's default fast variance was off. A file whose ``meta.caveat`` is set (``--caveat TEXT``,
+for a run that was not quiet: see :func:`experiments.benchmark.environment.noise`) gets a ``Caveat:`` line under its
+heading, so the label travels with every copy of its tables. The output is deterministic, so
+:func:`stale_tables` can re-render every marked block of a document and tell which ones differ from their files.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def render_tables(paths: Sequence[str | Path]) -> str:
         parts.append(f"#### {str(meta.get('jax_backend', '?')).upper()}, {meta.get('data', '?')} data "
                      f"(`{_display_path(Path(path))}`)")
         parts.append(describe(meta))
+        if meta.get("caveat"):
+            parts.append(f"Caveat: {meta['caveat']}")
         parts.append(format_table(rows))
         note = fast_variance_note(rows)
         if note:
