@@ -103,15 +103,90 @@ def test_the_performance_tables_are_generated_from_the_committed_results():
         assert benchmark.stale_tables((ROOT / name).read_text(), ROOT) == [], name
 
 
-def test_every_number_of_the_performance_summary_is_in_the_generated_tables():
+class _Results:
+    """One results file's rows by (case, pass), and its cells formatted as README quotes them."""
+
+    def __init__(self, name: str):
+        self.meta, rows = benchmark.load_results(ROOT / "benchmarks" / name)
+        self.rows = {(r.case, r.pass_): r for r in rows}
+
+    def vs(self, case: str, pass_: str, other: str, verdicts: set[str] | None = None) -> float:
+        """jaxnorm / ``other``'s median ratio; its "faster?" verdict must be one of ``verdicts`` (if given)."""
+        ratio = self.rows[case, pass_].measured(other).vs
+        if verdicts is not None:
+            assert benchmark.verdict(ratio.median, ratio.iqr, ratio.best) in verdicts, (case, pass_, other)
+        return ratio.median
+
+    def ratio(self, case: str, pass_: str, other: str, verdicts: set[str] | None = None) -> str:
+        return f"{self.vs(case, pass_, other, verdicts):.2f}"
+
+    def traffic(self, case: str, pass_: str, impl: str) -> float:
+        return self.rows[case, pass_].measured(impl).traffic.cheapest
+
+
+def _span(values, fmt: str = ".2f", unit: str = "") -> str:
+    """'lo–hi' of ``values`` as README writes a range (one number when all agree)."""
+    lo, hi = f"{min(values):{fmt}}{unit}", f"{max(values):{fmt}}{unit}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _performance_claims() -> list[str]:
+    """README's performance sentences with every number rendered from the cell it quotes (cases and passes named
+    here), and the "faster?" verdict each sentence states checked on the way."""
+    cpu, off = _Results("cpu.json"), _Results("cpu_offset.json")
+    before = _Results("custom_jvp/before_3ac81a3.json")
+    yes, even, slower, miss = {"yes"}, {"no gain"}, {"no (slower)"}, {"no gain", "no (slower)"}
+    fb, fwd = "fwd+bwd", "fwd"
+    wins = [("bn_nchw", fb), ("bn_nhwc", fb), ("ln", fb), ("gn_nchw", fb)]
+    masked = [(res, c, p) for res in (cpu, off) for c in ("bn_nchw_mask", "bn_nhwc_mask") for p in (fwd, fb)]
+    fast_err = {case: r.check.flax_fast_variance_err for (case, _), r in off.rows.items()}
+    bn_ln_fast = [e for c in ("bn_nchw", "bn_nhwc", "ln", "bn_nchw_mask", "bn_nhwc_mask")
+                  for e in (fast_err[c].y, fast_err[c].dx)]
+    gn_fast = max(fast_err[c].y for c in ("gn_nhwc", "gn_nchw"))
+    assert "N(0, 1)" in benchmark.DATA["offset"]  # "with std 1"
+    return [
+        f"On the {cpu.meta['cpu_count']}-core CPU of `benchmarks/cpu.json`",
+        f"BatchNorm2d {cpu.ratio('bn_nchw', fb, 'flax', yes)} (NCHW) and {cpu.ratio('bn_nhwc', fb, 'flax', yes)} "
+        f"(NHWC), LayerNorm {cpu.ratio('ln', fb, 'flax', yes)}, RMSNorm {cpu.ratio('rms', fb, 'flax', yes)}, "
+        f"GroupNorm in NCHW {cpu.ratio('gn_nchw', fb, 'flax', yes)}",
+        f"move {_span([cpu.traffic(c, p, 'jaxnorm') for c, p in wins], '.0f', 'N')} against Flax's "
+        f"{_span([cpu.traffic(c, p, 'flax') for c, p in wins], '.0f', 'N')} (RMSNorm "
+        f"{cpu.traffic('rms', fb, 'jaxnorm'):.0f}N vs {cpu.traffic('rms', fb, 'flax'):.0f}N)",
+        f"{_span([cpu.vs(c, fwd, 'flax', even) for c in ('bn_nchw', 'bn_nhwc', 'ln')])} for BatchNorm and LayerNorm, "
+        f"{cpu.ratio('rms', fwd, 'flax', even)} for RMSNorm",
+        f"LayerNorm's forward moves {cpu.traffic('ln', fwd, 'jaxnorm'):.0f}N where Flax's moves "
+        f"{cpu.traffic('ln', fwd, 'flax'):.0f}N",
+        f"Forward + backward is {cpu.ratio('gn_nhwc', fb, 'flax', slower)}× slower than Flax's (both NHWC; "
+        f"{cpu.traffic('gn_nhwc', fb, 'jaxnorm'):.0f}N vs {cpu.traffic('gn_nhwc', fb, 'flax'):.0f}N",
+        f"It was {before.ratio('gn_nhwc', fb, 'flax', yes)} with the closed-form `custom_vjp` core",
+        f"BatchNorm forward {cpu.ratio('bn_nchw', fwd, 'torch', yes)} (NCHW), forward + backward even "
+        f"({cpu.ratio('bn_nchw', fb, 'torch', even)})",
+        f"RMSNorm {cpu.ratio('rms', fwd, 'torch', yes)} / {cpu.ratio('rms', fb, 'torch', yes)}",
+        f"LayerNorm {cpu.ratio('ln', fwd, 'torch', miss)} / {cpu.ratio('ln', fb, 'torch', miss)} and GroupNorm NCHW "
+        f"{cpu.ratio('gn_nchw', fwd, 'torch', miss)} / {cpu.ratio('gn_nchw', fb, 'torch', miss)} are misses",
+        f"per-channel means of ±{benchmark.OFFSET:.0e} with std 1".replace("e+0", "e"),
+        f"fast variance is off by {_span(bn_ln_fast, '.2g')} × max|reference| for BatchNorm and LayerNorm and by "
+        f"{gn_fast:.2g} × for GroupNorm",
+        f"BatchNorm2d NCHW forward {off.rows['bn_nchw', fwd].measured('jaxnorm').ms:.3f} ms against "
+        f"{cpu.rows['bn_nchw', fwd].measured('jaxnorm').ms:.3f} ms on well-conditioned data, and stays at "
+        f"{off.ratio('bn_nchw', fwd, 'flax')} (forward) and {off.ratio('bn_nchw', fb, 'flax')} (forward + backward)",
+        f"a masked BatchNorm costs {_span([res.vs(c, p, 'jaxnorm_nomask') for res, c, p in masked], '.1f')}× the "
+        f"unmasked one and {_span([res.vs(c, p, 'flax', yes) for res, c, p in masked])} of Flax's masked BatchNorm",
+    ]
+
+
+def test_every_number_of_the_performance_summary_is_its_cell_of_the_committed_results():
+    """Each sentence of README's performance summary, rendered from the results cells it quotes, is in the README;
+    and no number of the summary is left that no sentence accounts for."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Performance\n"):readme.index("\n## Tested versions\n")]
-    tables = (ROOT / "docs" / "performance.md").read_text()
-    before = benchmark.render_tables([ROOT / "benchmarks" / "custom_jvp" / "before_3ac81a3.json"])
-    numbers = re.findall(r"(?<![\w.])\d+\.\d+", section)
-    assert len(numbers) > 20, numbers
-    missing = [n for n in numbers if n not in tables and n not in before]
-    assert not missing, f"README's performance numbers not in the generated tables: {missing}"
+    section = " ".join(readme[readme.index("\n## Performance\n"):readme.index("\n## Tested versions\n")].split())
+    claims = _performance_claims()
+    missing = [claim for claim in claims if claim not in section]
+    assert not missing, f"README's performance summary no longer says what the results files give: {missing}"
+    for claim in claims:
+        section = section.replace(claim, " ")
+    unaccounted = re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?:e[+-]?\d+)?", section)
+    assert not unaccounted, f"numbers of README's performance summary tied to no results cell: {unaccounted}"
 
 
 def test_the_lenet_timing_table_is_the_committed_results():
