@@ -29,7 +29,7 @@ Axes = tuple[int, ...]
 
 def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
     """Statistics are accumulated in at least float32 (float16/bfloat16 → float32, float64 stays)."""
-    return jnp.promote_types(dtype, jnp.float32)
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
 
 
 def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
@@ -199,9 +199,10 @@ def _shifted_moments(x, mask, *, reduce_axes: Axes, n, shift=None, block: int = 
     # A distinct (barriered) copy of the shift keeps XLA from CSE-ing ``x − s`` into one materialized tensor that both
     # sums then read: each sum fuses its own subtraction and reads ``x`` directly.
     mean_d2 = block_sum(_valid(jnp.square(x - _distinct(shift, 1)), mask), reduce_axes, block) / n
-    # |delta| is at most a few standard deviations (``shift`` is a sample or the plain mean), so hi + lo is the mean
-    # to float32 rounding of ``delta`` whenever the mean is large enough for its rounding to matter.
-    return *_fast_two_sum(shift, delta), mean_d2 - delta * delta
+    # The mean is the unevaluated sum shift + delta: (x − shift) − delta then keeps the deviations' precision, and
+    # unlike a renormalized hi + lo it needs no operation between the statistics and the normalizing pass, so that
+    # XLA:CPU can compute a row's statistics and its normalized output in one kernel (LayerNorm).
+    return shift, delta, mean_d2 - delta * delta
 
 
 @jax.custom_batching.custom_vmap
@@ -306,12 +307,13 @@ def _combine(local: Moments, axis_name: Hashable, groups: tuple[tuple[int, ...],
         n = jnp.where(same, n, 0.0)
     has = n > 0
     first = has & (jnp.cumsum(has, axis=0) == 1)
-    shift = lax.stop_gradient(jnp.sum(jnp.where(first, hi, 0.0), axis=0))
+    shift = lax.stop_gradient(jnp.sum(jnp.where(first, hi, 0.0), axis=0, keepdims=True))
     means = jnp.where(has, (hi - shift) + lo, 0.0)  # (hi_j − s) is exact for nearby means (Sterbenz)
-    total = jnp.sum(n, axis=0)
+    total = jnp.sum(n, axis=0, keepdims=True)
     safe = jnp.maximum(total, 1.0)
-    delta = jnp.sum(n * means, axis=0) / safe
-    var = jnp.sum(n * (var + jnp.square(means - delta)), axis=0) / safe
+    delta = jnp.sum(n * means, axis=0, keepdims=True) / safe
+    var = jnp.sum(n * (var + jnp.square(means - delta)), axis=0) / safe[0]
+    shift, delta, total = shift[0], delta[0], total[0]
     return Moments(*_fast_two_sum(shift, delta), var, total)
 
 
@@ -370,10 +372,12 @@ def _renorm_correction(st: Moments, inv_std, renorm: Renorm | None, eps: float):
     """
     if renorm is None:
         return None, None
-    inv_running = lax.rsqrt(renorm.running_var.astype(inv_std.dtype) + eps)
-    r = jnp.clip(inv_running / inv_std, 1.0 / renorm.r_max, renorm.r_max)
-    d = jnp.clip(((st.hi - renorm.running_mean) + st.lo) * inv_running, -renorm.d_max, renorm.d_max)
-    return lax.stop_gradient(r.astype(inv_std.dtype)), lax.stop_gradient(d.astype(inv_std.dtype))
+    dtype = inv_std.dtype
+    running_mean, running_var, r_max, d_max = (jnp.asarray(v).astype(dtype) for v in renorm)
+    inv_running = lax.rsqrt(running_var + eps)
+    r = jnp.clip(inv_running / inv_std, 1.0 / r_max, r_max)
+    d = jnp.clip(((st.hi - running_mean) + st.lo) * inv_running, -d_max, d_max)
+    return lax.stop_gradient(r), lax.stop_gradient(d)
 
 
 def _add(*terms):
@@ -406,7 +410,7 @@ def _forward(spec: Spec, x, weight, bias, mask, renorm):
     r, d = _renorm_correction(st, inv_std, renorm, spec.eps)
     scale, shift = _mul(weight, r), _add(bias, None if d is None else _mul(weight, d))  # y = x̂·scale + shift
     y = _add(_mul(_x_hat(x, st.hi, st.lo, inv_std, spec.center), scale), shift)
-    return (_valid(y, mask), st.hi, st.var, st.count), (x, st, inv_std, scale, r, d)
+    return (_valid(y, mask), st.hi + st.lo, st.var, st.count), (x, st, inv_std, scale, r, d)
 
 
 def normalize(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, spec: Spec, *,
