@@ -1,7 +1,8 @@
 """Why LayerNorm, InstanceNorm and GroupNorm exist: BatchNorm when the batch is small.
 
-    python -m experiments.small_batch            # the full study (about 10 minutes on 2 cores)
-    python -m experiments.small_batch --quick    # the same shape, one epoch on part of the data (about 1 minute)
+    python -m experiments.small_batch            # the full study (about 20 minutes on 2 cores)
+    python -m experiments.small_batch --norms bn gn --batch-sizes 2 32   # what separates them (about 2 minutes)
+    python -m experiments.small_batch --quick    # a smoke test: one epoch on part of the data, every norm near chance
 
 BatchNorm normalizes with the statistics of the batch, which become noisy when the batch is small, and then
 differ from the running statistics used at test time; GroupNorm's paper (Wu & He 2018, Figure 1) shows BN's error
@@ -16,7 +17,10 @@ epochs at every size, with
 * ``gn`` -- GroupNorm (2-3 channels per group), ``ln`` -- LayerNorm over each example's (H, W, C), ``in`` --
   InstanceNorm after the convolutions (fc1 has no spatial axes to normalize over, so it stays plain).
 
-Every (norm, batch size) trains ``--seeds`` networks (seeds 1, 2, 3, ...: initial weights, data order and crops);
+Every (norm, batch size) trains ``--seeds`` networks (seeds 1, 2, 3, ...: initial weights, data order and crops).
+A drop from the largest to the smallest batch counts only when its 95 % confidence interval over the seeds (paired:
+the same seed at both sizes) excludes 0; with 100 validation images one image is one point, and seed-to-seed
+spreads of 1-5 points make a difference of a few points undecidable with 5 seeds.
 batches smaller than 8 are padded to 8 and masked, so BatchNorm sees exactly the batch's real images and one
 compiled step serves batch sizes 2, 4 and 8. Writes ``small_batch.json`` (final validation accuracy and training loss per norm, batch size and
 seed) and ``small_batch.png`` (mean ± std over seeds against batch size).
@@ -27,13 +31,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy import stats
 
 import jaxnorm as jn
 from experiments.common import images, models, plots, steps, training
@@ -49,7 +56,7 @@ MIN_CAPACITY = 8  # smaller batches are padded to 8 (masked): one compiled step 
 class Study:
     norms: tuple[str, ...] = NORMS
     batch_sizes: tuple[int, ...] = BATCH_SIZES
-    seeds: int = 3
+    seeds: int = 5
     epochs: int = 10
     train_images: int | None = None  # a subset of the training set (--quick)
     data: str | None = None
@@ -140,28 +147,62 @@ def run_norm(norm: str, data, study: Study, log) -> dict[int, dict]:
 
 
 # ------------------------------------------------------------------------------------------ 4. summary, plot
+CONFIDENCE = 0.95
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean and its two-sided Student-t confidence interval (NaN bounds for one value).
+
+    Why a t-interval: the values are a few independent training runs (seeds), whose spread is unknown."""
+    v = np.asarray(values, float)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def _drops(by_batch: dict[int, dict]) -> np.ndarray:
+    """Per seed: the accuracy at the largest batch minus that at the smallest (the same seed's initial weights,
+    order and crops at both: a paired difference)."""
+    return np.asarray(by_batch[max(by_batch)]["valid_acc"]) - np.asarray(by_batch[min(by_batch)]["valid_acc"])
+
+
 def summarize(results: dict[str, dict[int, dict]]) -> dict[str, dict]:
     """Per norm: mean and std over seeds at each batch size, and the accuracy lost from the largest to the smallest
-    batch (what the GN paper's figure is about)."""
+    batch (what the GN paper's figure is about) with its confidence interval over seeds."""
     table = {}
     for norm, by_batch in results.items():
         rows = {b: {k: (float(np.mean(v)), float(np.std(v))) for k, v in r.items()} for b, r in by_batch.items()}
-        small, large = min(rows), max(rows)
-        table[norm] = {"rows": rows, "drop_small_vs_large": rows[large]["valid_acc"][0] - rows[small]["valid_acc"][0]}
+        table[norm] = {"rows": rows, "drop_small_vs_large": mean_interval(_drops(by_batch))}
     return table
 
 
-def conclusions(table: dict[str, dict]) -> list[str]:
-    """Statements derived from the numbers (whatever they are)."""
-    lines = [f"{norm}: valid accuracy {'drops' if t['drop_small_vs_large'] > 0 else 'changes'} by "
-             f"{100 * t['drop_small_vs_large']:.1f} points from the largest to the smallest batch"
-             for norm, t in table.items() if norm != "none"]
-    if "bn" in table:
-        others = {n: t["drop_small_vs_large"] for n, t in table.items() if n not in ("bn", "none")}
-        if others:
-            worse = all(table["bn"]["drop_small_vs_large"] > d for d in others.values())
-            lines.append(f"BN loses more accuracy at small batches than every other norm here "
-                         f"({', '.join(others)}): {'yes' if worse else 'no'}")
+def _interval(low: float, high: float) -> str:
+    return "no interval from one seed" if math.isnan(low) else f"{CONFIDENCE:.0%} CI {100 * low:.1f} to {100 * high:.1f}"
+
+
+def _verdict(low: float, high: float, positive: str, negative: str) -> str:
+    if math.isnan(low) or low <= 0 <= high:
+        return "not distinguishable from seed-to-seed noise at this size"
+    return positive if low > 0 else negative
+
+
+def conclusions(results: dict[str, dict[int, dict]], seeds: int) -> list[str]:
+    """Statements derived from the numbers (whatever they are), each with its interval: a norm's drop from the
+    largest to the smallest batch, and BatchNorm's drop against each per-example norm's (paired by seed)."""
+    small, large = min(next(iter(results.values()))), max(next(iter(results.values())))
+    lines = []
+    for norm, by_batch in results.items():
+        mean, low, high = mean_interval(_drops(by_batch))
+        lines.append(f"{norm}: accuracy at batch {large} minus batch {small}: {100 * mean:+.1f} points "
+                     f"({_interval(low, high)}, {seeds} seeds): "
+                     + _verdict(low, high, "a drop at small batches", "a gain at small batches"))
+    for other in (n for n in results if n not in ("bn", "none") and "bn" in results):
+        mean, low, high = mean_interval(_drops(results["bn"]) - _drops(results[other]))
+        lines.append(f"bn loses {100 * mean:+.1f} points more than {other} ({_interval(low, high)}): "
+                     + _verdict(low, high, f"bn suffers more from small batches than {other}",
+                                f"{other} suffers more from small batches than bn"))
     return lines
 
 
@@ -173,10 +214,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=None, help=f"epochs (default {Study.epochs}, 1 with --quick)")
     p.add_argument("--seeds", type=int, default=Study.seeds, help="networks per point (default %(default)s)")
     p.add_argument("--norms", nargs="+", choices=NORMS, default=list(NORMS), help="norms to compare")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES),
+                   help="batch sizes (default %(default)s); the drop is from the largest to the smallest")
     args = p.parse_args(argv)
     if args.seeds < 1 or (args.epochs is not None and args.epochs < 1):
         p.error("--seeds and --epochs must be >= 1")
-    study = Study(norms=tuple(args.norms), seeds=args.seeds, data=args.data, out=args.out,
+    if len(set(args.batch_sizes)) < 2 or min(args.batch_sizes) < 1:
+        p.error(f"--batch-sizes needs at least two different sizes >= 1, got {args.batch_sizes}")
+    study = Study(norms=tuple(args.norms), batch_sizes=tuple(sorted(set(args.batch_sizes))), seeds=args.seeds,
+                  data=args.data, out=args.out,
                   epochs=args.epochs or (1 if args.quick else Study.epochs), train_images=192 if args.quick else None)
     return run(study)
 
@@ -193,7 +239,7 @@ def run(study: Study, log=print) -> dict:
               "results": {n: {str(b): r for b, r in by.items()} for n, by in results.items()},
               "summary": {n: {"rows": {str(b): r for b, r in t["rows"].items()},
                               "drop_small_vs_large": t["drop_small_vs_large"]} for n, t in table.items()},
-              "conclusions": conclusions(table), "seconds": round(time.perf_counter() - t0, 1)}
+              "conclusions": conclusions(results, study.seeds), "seconds": round(time.perf_counter() - t0, 1)}
     study.out.mkdir(parents=True, exist_ok=True)
     (study.out / "small_batch.json").write_text(json.dumps(report, indent=1))
     plots.plot_small_batch(table, study.out / "small_batch.png",

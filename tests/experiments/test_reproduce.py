@@ -71,6 +71,8 @@ def test_sub_cli_command_lines(tmp_path):
     full = reproduce.parse_args(["--small-batch", "full"])
     assert full.lenet_epochs == 10 and "--quick" not in reproduce.benchmark_argv(tmp_path, full)
     assert "--quick" not in reproduce.small_batch_argv(tmp_path, full)
+    focused = reproduce.small_batch_argv(tmp_path, reproduce.parse_args([]))  # the default: BN against GN
+    assert focused[2:] == ["--norms", "bn", "gn", "--batch-sizes", "2", "32"]
     with pytest.raises(SystemExit):
         reproduce.parse_args(["--lenet-epochs", "0"])
 
