@@ -6,8 +6,8 @@ dots and sequence items by their index (``layer1.0.conv1.weight``; an ``eqx.nn.S
 left out, as PyTorch's ``nn.Sequential`` numbers its modules directly), so a model whose attributes are named like
 the PyTorch module's loads its ``state_dict`` directly. Layouts are PyTorch's already (``eqx.nn.Linear`` weight
 ``(out, in)``, ``eqx.nn.Conv`` weight ``(out, in, *k)``) except ``eqx.nn.Conv``'s bias, ``(out, 1, ...)`` against
-PyTorch's ``(out,)``. A jaxnorm stateful layer's running statistics live in the state and map to ``<layer>.running_mean``,
-``<layer>.running_var`` and ``<layer>.num_batches_tracked``.
+PyTorch's ``(out,)``. A jaxnorm stateful layer's running statistics live in the state and map to
+``<layer>.running_mean``, ``<layer>.running_var`` and ``<layer>.num_batches_tracked``.
 
 torch is never imported here: tensors are recognised by duck typing, as in :mod:`jaxnorm.interop`.
 """

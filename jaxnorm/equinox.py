@@ -337,7 +337,8 @@ def _bn_example(name: str, spatial: tuple[int, ...]) -> str:
     return _BN_EXAMPLE.format(name=name, size=math.prod(shape), shape=shape)
 
 
-BatchNorm1d = _per_rank(_BatchNorm, batch_norm_1d, "BatchNorm1d", (1, 2), "(C,) or (C, L)", _bn_example("BatchNorm1d", (3,)))
+BatchNorm1d = _per_rank(_BatchNorm, batch_norm_1d, "BatchNorm1d", (1, 2), "(C,) or (C, L)",
+                        _bn_example("BatchNorm1d", (3,)))
 BatchNorm2d = _per_rank(_BatchNorm, batch_norm_2d, "BatchNorm2d", (3,), "(C, H, W)", _bn_example("BatchNorm2d", (2, 2)))
 BatchNorm3d = _per_rank(_BatchNorm, batch_norm_3d, "BatchNorm3d", (4,), "(C, D, H, W)",
                         _bn_example("BatchNorm3d", (1, 2, 2)))
