@@ -18,7 +18,8 @@ from jaxnorm._types import PARAM_KEYS, STATS_KEYS
 def check_floating(name: str, x) -> None:
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{name}: expected a floating-point input (float16/bfloat16/float32/float64), got dtype {dtype}")
+        raise TypeError(f"{name}: expected a floating-point input (float16/bfloat16/float32/float64), got dtype "
+                        f"{dtype}")
 
 
 def bind(name: str, signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
@@ -42,10 +43,12 @@ def channel_axis(name: str, x, axis: int) -> int:
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise TypeError(f"{name}: expected an int channel axis, got {axis!r}")
     if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"{name}: channel axis {axis} is out of range for a {x.ndim}-D input with shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: channel axis {axis} is out of range for a {x.ndim}-D input with shape "
+                         f"{tuple(x.shape)}")
     axis = axis % x.ndim
     if axis == 0:
-        raise ValueError(f"{name}: channel axis must not be the batch axis 0 (got axis={axis} for shape {tuple(x.shape)})")
+        raise ValueError(f"{name}: channel axis must not be the batch axis 0 (got axis={axis} for shape "
+                         f"{tuple(x.shape)})")
     return axis
 
 
@@ -106,7 +109,8 @@ def check_batch_stats(name: str, batch_stats: Mapping, num_channels: int) -> Non
 
 
 def check_momentum(name: str, momentum) -> None:
-    if momentum is not None and not (isinstance(momentum, (int, float, np.integer, np.floating)) and 0.0 <= momentum <= 1.0):
+    number = isinstance(momentum, (int, float, np.integer, np.floating))
+    if momentum is not None and not (number and 0.0 <= momentum <= 1.0):
         raise ValueError(f"{name}: expected momentum in [0, 1] or None, got {momentum!r}")
 
 

@@ -38,7 +38,7 @@ def update(batch_stats: BatchStats, mean: jax.Array, unbiased_var: jax.Array, mo
     counted = jnp.ones((), tracked.dtype) if valid is None else jnp.any(valid).astype(tracked.dtype)
     tracked = tracked + counted
     dtype = rm.dtype
-    factor = (1.0 / jnp.maximum(tracked, 1)).astype(dtype) if momentum is None else jnp.asarray(momentum, dtype)
+    factor = 1.0 / jnp.maximum(tracked, 1).astype(dtype) if momentum is None else jnp.asarray(momentum, dtype)
     mean, unbiased_var = lax.stop_gradient(mean.astype(dtype)), lax.stop_gradient(unbiased_var.astype(dtype))
     new_mean = (1 - factor) * rm + factor * mean
     new_var = (1 - factor) * rv + factor * unbiased_var

@@ -95,7 +95,8 @@ def _rows_for(name: str, outputs: Sequence[Any]) -> list[LayerStats]:
         leaves = jax.tree_util.tree_flatten_with_path(output)[0]
         leaves = [(p, v) for p, v in leaves if hasattr(v, "shape") and hasattr(v, "dtype")]
         for keypath, value in leaves:
-            suffix = (f"[call {call}]" if len(outputs) > 1 else "") + (jax.tree_util.keystr(keypath) if len(leaves) > 1 else "")
+            suffix = ((f"[call {call}]" if len(outputs) > 1 else "")
+                      + (jax.tree_util.keystr(keypath) if len(leaves) > 1 else ""))
             rows.append(_row(name + suffix, value))
     return rows
 
@@ -199,7 +200,11 @@ def format_table(stats: ActivationStats) -> str:
         for row in stats.layers
     ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
+
+    def fmt(cells: Sequence[str]) -> str:  # the layer name left-aligned, the numbers right-aligned
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(padded)
+
     out = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)]
     out.append(
         f"first non-finite output: {stats.first_nonfinite}" if stats.first_nonfinite else "all outputs finite"

@@ -95,8 +95,9 @@ def _batch_statistics(name, x, params, batch_stats, *, momentum, eps, axis, axis
 def _running_statistics(x, params, batch_stats, *, eps, axis, mask):
     """Eval-mode BN with the running statistics."""
     shape = channel_shape(x.ndim, axis, x.shape[axis])
-    mean = jnp.reshape(batch_stats["running_mean"], shape)
-    var = jnp.reshape(batch_stats["running_var"], shape)
+    dtype = _stats.compute_dtype(x.dtype)  # float32 statistics of a float64 input are promoted, not the input demoted
+    mean = jnp.reshape(batch_stats["running_mean"], shape).astype(dtype)
+    var = jnp.reshape(batch_stats["running_var"], shape).astype(dtype)
     y = _stats.affine(_stats.normalize_with(x, mean, var, eps), params, shape)
     return y if mask is None else jnp.where(mask, y, jnp.zeros((), y.dtype))
 
@@ -106,13 +107,14 @@ def _batch_norm(name: str, x, params, batch_stats, *, train: bool, momentum, eps
     axis, groups, mask = _check(name, x, params, batch_stats, train=train, momentum=momentum, axis=axis,
                                 axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask)
     ghost = _checks.check_virtual_batch_size(name, virtual_batch_size, x.shape[0])
-    if train or not batch_stats:
-        y, new_stats = _batch_statistics(name, x, params, batch_stats, momentum=momentum, eps=eps, axis=axis,
-                                         axis_name=axis_name, groups=groups, mask=mask, ghost=ghost,
-                                         renorm=renorm if train else None, update=train and bool(batch_stats))
-    else:
-        y, new_stats = _running_statistics(x, params, batch_stats, eps=eps, axis=axis, mask=mask), batch_stats
-    return y.astype(x.dtype), new_stats
+    with jax.named_scope(name):  # the layer's operations carry its name in profiles and HLO dumps
+        if train or not batch_stats:
+            y, new_stats = _batch_statistics(name, x, params, batch_stats, momentum=momentum, eps=eps, axis=axis,
+                                             axis_name=axis_name, groups=groups, mask=mask, ghost=ghost,
+                                             renorm=renorm if train else None, update=train and bool(batch_stats))
+        else:
+            y, new_stats = _running_statistics(x, params, batch_stats, eps=eps, axis=axis, mask=mask), batch_stats
+        return y.astype(x.dtype), new_stats
 
 
 def batch_norm(

@@ -55,13 +55,14 @@ def frozen_batch_norm(x: jax.Array, params: Params, batch_stats: BatchStats, *, 
     _checks.check_batch_stats(name, {**{k: batch_stats[k] for k in ("running_mean", "running_var")},
                                      COUNTER: jnp.zeros((), jnp.int32)}, channels)
     dtype = jnp.promote_types(x.dtype, jnp.float32)
-    weight = params.get("weight", jnp.ones((channels,), dtype)).astype(dtype)
-    bias = params.get("bias", jnp.zeros((channels,), dtype)).astype(dtype)
-    scale = weight * lax.rsqrt(batch_stats["running_var"].astype(dtype) + eps)
-    shift = bias - batch_stats["running_mean"].astype(dtype) * scale
-    shape = channel_shape(x.ndim, axis, channels)
-    scale, shift = (lax.stop_gradient(v).reshape(shape) for v in (scale, shift))
-    return (x.astype(dtype) * scale + shift).astype(x.dtype)
+    with jax.named_scope(name):  # the layer's operations carry its name in profiles and HLO dumps
+        weight = params.get("weight", jnp.ones((channels,), dtype)).astype(dtype)
+        bias = params.get("bias", jnp.zeros((channels,), dtype)).astype(dtype)
+        scale = weight * lax.rsqrt(batch_stats["running_var"].astype(dtype) + eps)
+        shift = bias - batch_stats["running_mean"].astype(dtype) * scale
+        shape = channel_shape(x.ndim, axis, channels)
+        scale, shift = (lax.stop_gradient(v).reshape(shape) for v in (scale, shift))
+        return (x.astype(dtype) * scale + shift).astype(x.dtype)
 
 
 def _freeze_layer(params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,8 +105,9 @@ def freeze_linen_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
       ValueError: no ``batch_stats`` collection or no layer with running statistics in it.
     """
     if not isinstance(variables, Mapping) or "batch_stats" not in variables:
-        raise ValueError("freeze_batch_norm: expected linen variables with a 'batch_stats' collection or an NNX model, got "
-                         f"{sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__}")
+        got = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
+        raise ValueError("freeze_batch_norm: expected linen variables with a 'batch_stats' collection or an NNX model, "
+                         f"got {got}")
     params, stats, count = _freeze_tree(variables.get("params", {}), variables["batch_stats"])
     if not count:
         raise ValueError("freeze_batch_norm: found no layer with running statistics (running_mean, running_var) "

@@ -62,11 +62,12 @@ def group_norm(
     _checks.check_params(name, params, (channels,))
     mask = _checks.check_mask(name, mask, x)
     sizes = (num_groups, channels // num_groups)
-    grouped = split_axis(x, axis, sizes)
-    reduce_axes = tuple(a for a in range(1, grouped.ndim) if a != axis)  # all but N and the group axis
-    # Per-channel parameters, split the same way as the channels: (..., G, C/G, ...).
-    param_shape = tuple(grouped.shape[a] if a in (axis, axis + 1) else 1 for a in range(grouped.ndim))
-    y, _, _, _ = _stats.normalize(grouped, *_stats.broadcast_params(params, param_shape),
-                                  _stats.Spec(reduce_axes, eps), mask=None if mask is None else split_axis(mask, axis,
-                                                                                                          sizes))
-    return y.reshape(x.shape).astype(x.dtype)
+    with jax.named_scope(name):  # the layer's operations carry its name in profiles and HLO dumps
+        grouped = split_axis(x, axis, sizes)
+        reduce_axes = tuple(a for a in range(1, grouped.ndim) if a != axis)  # all but N and the group axis
+        # Per-channel parameters, split the same way as the channels: (..., G, C/G, ...).
+        param_shape = tuple(grouped.shape[a] if a in (axis, axis + 1) else 1 for a in range(grouped.ndim))
+        grouped_mask = None if mask is None else split_axis(mask, axis, sizes)
+        y, _, _, _ = _stats.normalize(grouped, *_stats.broadcast_params(params, param_shape),
+                                      _stats.Spec(reduce_axes, eps), mask=grouped_mask)
+        return y.reshape(x.shape).astype(x.dtype)

@@ -21,9 +21,9 @@ _LAYOUTS = ("flax", "torch")
 def fans(shape: Sequence[int], layout: str = "flax") -> tuple[int, int]:
     """``(fan_in, fan_out)`` of a weight of ``shape``: ``fan_in = in · receptive``, ``fan_out = out · receptive``."""
     if layout not in _LAYOUTS:
-        raise ValueError(f"expected layout in {_LAYOUTS}, got {layout!r}")
+        raise ValueError(f"fans: expected layout in {_LAYOUTS}, got {layout!r}")
     if len(shape) < 2:
-        raise ValueError(f"fan in/out need a weight with at least 2 dims, got shape {tuple(shape)}")
+        raise ValueError(f"fans: expected a weight with at least 2 dims (fan in/out), got shape {tuple(shape)}")
     if layout == "flax":
         receptive = math.prod(shape[:-2])
         return shape[-2] * receptive, shape[-1] * receptive
@@ -32,7 +32,8 @@ def fans(shape: Sequence[int], layout: str = "flax") -> tuple[int, int]:
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
-    """``torch.nn.init.calculate_gain``: 1 for linear/conv/sigmoid, 5/3 tanh, √2 relu, √(2/(1+a²)) leaky_relu, 3/4 selu."""
+    """``torch.nn.init.calculate_gain``: 1 for linear/conv/sigmoid, 5/3 tanh, √2 relu, √(2/(1+a²)) leaky_relu,
+    3/4 selu."""
     if nonlinearity in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
                         "conv_transpose3d", "sigmoid"):
         return 1.0
@@ -45,7 +46,9 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         return math.sqrt(2.0 / (1 + slope**2))
     if nonlinearity == "selu":
         return 3.0 / 4
-    raise ValueError(f"unsupported nonlinearity {nonlinearity!r}")
+    raise ValueError(f"calculate_gain: unsupported nonlinearity {nonlinearity!r}; expected one of linear, conv1d, "
+                     "conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d, sigmoid, tanh, relu, "
+                     "leaky_relu, selu")
 
 
 def _uniform(key, shape, dtype, bound):
@@ -112,6 +115,6 @@ def torch_default_bias(fan_in: int) -> Initializer:
 
 def _fan(shape, mode: str, layout: str) -> int:
     if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"expected mode 'fan_in' or 'fan_out', got {mode!r}")
+        raise ValueError(f"fans: expected mode 'fan_in' or 'fan_out', got {mode!r}")
     fan_in, fan_out = fans(shape, layout)
     return fan_in if mode == "fan_in" else fan_out

@@ -85,8 +85,9 @@ def instance_norm(
     Raises:
       ValueError / TypeError: as :func:`jaxnorm.batch_norm`; also one spatial element when training.
     """
-    return _instance_norm("instance_norm", x, params, batch_stats, train=train, momentum=momentum, eps=eps,
-                          axis=axis, axis_name=axis_name, mask=mask)
+    with jax.named_scope("instance_norm"):  # the layer's operations carry its name in profiles and HLO dumps
+        return _instance_norm("instance_norm", x, params, batch_stats, train=train, momentum=momentum, eps=eps,
+                              axis=axis, axis_name=axis_name, mask=mask)
 
 
 def _ranked(name: str, batched_rank: int, layout: str):
@@ -100,9 +101,10 @@ def _ranked(name: str, batched_rank: int, layout: str):
         mb = mask
         if unbatched and mask is not None and jnp.ndim(mask) == x.ndim:
             mb = mask[None]
-        y, stats = _instance_norm(name, xb, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
-                                  axis_name=axis_name, mask=mb)
-        return (y[0] if unbatched else y), stats
+        with jax.named_scope(name):
+            y, stats = _instance_norm(name, xb, params, batch_stats, train=train, momentum=momentum, eps=eps,
+                                      axis=axis, axis_name=axis_name, mask=mb)
+            return (y[0] if unbatched else y), stats
 
     fn.__name__ = fn.__qualname__ = name
     fn.layout = layout

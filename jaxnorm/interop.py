@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnorm._types import COUNTER, PARAM_KEYS, STATS_KEYS
+
 __all__ = [
     "fold_batch_norm",
     "from_torch_state_dict",
@@ -26,11 +28,6 @@ __all__ = [
     "flax_to_torch_state_dict",
     "torch_to_flax_variables",
 ]
-
-_PARAM_KEYS = ("weight", "bias")
-_STAT_KEYS = ("running_mean", "running_var", "num_batches_tracked")
-_COUNTER = "num_batches_tracked"
-
 
 def _to_numpy(value: Any) -> np.ndarray:
     """A torch tensor (any device, requires_grad or not), JAX array or array-like as NumPy.
@@ -49,9 +46,9 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def _norm_layer_problem(layer: Mapping[str, Any], where: str) -> str | None:
     """Why the entries of one layer (keys without prefix) are not one norm layer's, or None."""
-    unknown = sorted(set(layer) - set(_PARAM_KEYS + _STAT_KEYS))
+    unknown = sorted(set(layer) - set(PARAM_KEYS + STATS_KEYS))
     if unknown:
-        return f"{where}: expected only {_PARAM_KEYS + _STAT_KEYS}, got also {unknown}"
+        return f"{where}: expected only {PARAM_KEYS + STATS_KEYS}, got also {unknown}"
     shapes = {k: tuple(np.shape(v)) for k, v in layer.items()}
     for a, b in (("weight", "bias"), ("running_mean", "running_var"), ("weight", "running_mean")):
         if a in shapes and b in shapes and shapes[a] != shapes[b]:
@@ -101,7 +98,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tu
         or shapes that do not belong to one norm layer.
     """
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+        raise TypeError(f"from_torch_state_dict: expected a state dict (a mapping of names to tensors), got "
+                        f"{type(state_dict).__name__}")
     if prefix and not prefix.endswith("."):
         prefix += "."
     layer = {
@@ -111,25 +109,27 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tu
     }
     if not layer:
         raise ValueError(
-            f"no entries directly under prefix {prefix!r}; norm layers in this state dict: "
+            f"from_torch_state_dict: expected entries directly under prefix {prefix!r}, got none; norm layers in this "
+            "state dict: "
             f"{_layer_prefixes(state_dict) or 'none'}"
         )
-    problem = _norm_layer_problem(layer, f"state dict prefix {prefix!r}")
+    problem = _norm_layer_problem(layer, f"from_torch_state_dict: state dict prefix {prefix!r}")
     if problem:
         raise ValueError(problem)
 
-    params = {k: jnp.array(layer[k]) for k in _PARAM_KEYS if k in layer}
+    params = {k: jnp.array(layer[k]) for k in PARAM_KEYS if k in layer}
     batch_stats = {}
     if "running_mean" in layer:
         batch_stats = {
             "running_mean": jnp.array(layer["running_mean"]),
             "running_var": jnp.array(layer["running_var"]),
-            _COUNTER: jnp.array(layer.get(_COUNTER, 0), dtype=jnp.int32).reshape(()),
+            COUNTER: jnp.array(layer.get(COUNTER, 0), dtype=jnp.int32).reshape(()),
         }
     return params, batch_stats
 
 
-def to_torch_state_dict(params: Mapping[str, Any], batch_stats: Mapping[str, Any], *, prefix: str = "") -> dict[str, np.ndarray]:
+def to_torch_state_dict(params: Mapping[str, Any], batch_stats: Mapping[str, Any], *,
+                        prefix: str = "") -> dict[str, np.ndarray]:
     """jaxnorm ``(params, batch_stats)`` of one norm layer as a PyTorch-style state dict.
 
     Returns NumPy arrays (writable copies) under PyTorch's keys, in PyTorch's order (parameters, then
@@ -137,16 +137,16 @@ def to_torch_state_dict(params: Mapping[str, Any], batch_stats: Mapping[str, Any
     ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``. ``prefix`` (e.g.
     ``"bn1."``) is prepended to every key.
     """
-    for name, tree, allowed in (("params", params, _PARAM_KEYS), ("batch_stats", batch_stats, _STAT_KEYS)):
+    for name, tree, allowed in (("params", params, PARAM_KEYS), ("batch_stats", batch_stats, STATS_KEYS)):
         if not isinstance(tree, Mapping):
-            raise TypeError(f"expected {name} to be a dict, got {type(tree).__name__}")
+            raise TypeError(f"to_torch_state_dict: expected {name} to be a dict, got {type(tree).__name__}")
         unknown = sorted(set(tree) - set(allowed))
         if unknown:
-            raise ValueError(f"expected {name} keys among {allowed}, got also {unknown}")
-    out = {prefix + k: np.array(params[k]) for k in _PARAM_KEYS if k in params}
-    for k in _STAT_KEYS:
+            raise ValueError(f"to_torch_state_dict: expected {name} keys among {allowed}, got also {unknown}")
+    out = {prefix + k: np.array(params[k]) for k in PARAM_KEYS if k in params}
+    for k in STATS_KEYS:
         if k in batch_stats:
-            dtype = np.int64 if k == _COUNTER else None
+            dtype = np.int64 if k == COUNTER else None
             out[prefix + k] = np.array(batch_stats[k], dtype=dtype)
     return out
 
@@ -156,7 +156,8 @@ def to_torch_state_dict(params: Mapping[str, Any], batch_stats: Mapping[str, Any
 # --------------------------------------------------------------------------------------------
 
 
-def fold_batch_norm(kernel, bias, params: Mapping[str, Any], batch_stats: Mapping[str, Any], *, eps: float = 1e-5, out_axis: int = -1):
+def fold_batch_norm(kernel, bias, params: Mapping[str, Any], batch_stats: Mapping[str, Any], *, eps: float = 1e-5,
+                    out_axis: int = -1):
     r"""Fold an eval-mode BatchNorm into the dense/conv layer that feeds it.
 
     For ``z = W * x + b`` followed by eval-mode BN with running statistics :math:`\mu, \sigma^2`,
@@ -206,10 +207,11 @@ def fold_batch_norm(kernel, bias, params: Mapping[str, Any], batch_stats: Mappin
 def _fold_operands(kernel, bias, params, batch_stats, out_axis: int) -> dict[str, jax.Array]:
     """The per-channel vectors :func:`fold_batch_norm` needs, by name, each checked to be ``(channels,)``."""
     if not -kernel.ndim <= out_axis < kernel.ndim:
-        raise ValueError(f"expected out_axis in [{-kernel.ndim}, {kernel.ndim}) for a kernel of shape {kernel.shape}, got {out_axis}")
+        raise ValueError(f"fold_batch_norm: expected out_axis in [{-kernel.ndim}, {kernel.ndim}) for a kernel of shape "
+                         f"{kernel.shape}, got {out_axis}")
     if "running_mean" not in batch_stats or "running_var" not in batch_stats:
         raise ValueError(
-            "expected batch_stats with 'running_mean' and 'running_var', got keys "
+            "fold_batch_norm: expected batch_stats with 'running_mean' and 'running_var', got keys "
             f"{sorted(batch_stats)}; a BN without running statistics normalizes by the batch and cannot be folded"
         )
     channels = kernel.shape[out_axis]
@@ -221,7 +223,8 @@ def _fold_operands(kernel, bias, params, batch_stats, out_axis: int) -> dict[str
     for name, value in named.items():
         if value.shape != (channels,):
             raise ValueError(
-                f"kernel of shape {kernel.shape} has {channels} output channels on out_axis={out_axis}; "
+                f"fold_batch_norm: kernel of shape {kernel.shape} has {channels} output channels on "
+                f"out_axis={out_axis}; "
                 f"expected {name} of shape ({channels},), got {value.shape}"
             )
     return named
@@ -258,24 +261,27 @@ def _torch_key(path: tuple[str, ...]) -> str:
     return ".".join((*path[:-1], _RENAME.get(path[-1], path[-1])))
 
 
-def _leaf_perm(path: tuple[str, ...], ndim: int) -> tuple[int, ...] | None:
-    """The transpose taking this Flax leaf to PyTorch's layout, or None when layouts agree."""
+def _leaf_perm(path: tuple[str, ...], ndim: int, name: str) -> tuple[int, ...] | None:
+    """The transpose taking this Flax leaf to PyTorch's layout, or None when layouts agree (``name``: the public
+    function, for the error)."""
     if path[-1] != "kernel":
         return None
     if ndim < 2:
-        raise ValueError(f"expected a kernel of rank >= 2 at {'/'.join(path)}, got rank {ndim}")
+        raise ValueError(f"{name}: expected a kernel of rank >= 2 at {'/'.join(path)}, got rank {ndim}")
     return _kernel_perm(ndim)
 
 
-def _collections(variables: Mapping[str, Any], collections: tuple[str, ...]) -> Iterator[tuple[str, tuple[str, ...], Any]]:
+def _collections(variables: Mapping[str, Any], collections: tuple[str, ...],
+                 name: str) -> Iterator[tuple[str, tuple[str, ...], Any]]:
     if not isinstance(variables, Mapping):
-        raise TypeError(f"expected Flax variables (a dict of collections), got {type(variables).__name__}")
+        raise TypeError(f"{name}: expected Flax variables (a dict of collections), got {type(variables).__name__}")
     for col in collections:
         for path, leaf in _iter_leaves(variables.get(col, {})):
             yield col, path, leaf
 
 
-def flax_to_torch_state_dict(variables: Mapping[str, Any], *, collections: tuple[str, ...] = ("params", "batch_stats")) -> dict[str, np.ndarray]:
+def flax_to_torch_state_dict(variables: Mapping[str, Any], *,
+                             collections: tuple[str, ...] = ("params", "batch_stats")) -> dict[str, np.ndarray]:
     """A Flax linen model's variables as a flat PyTorch-style state dict of NumPy arrays.
 
     Module paths join with ``"."``; leaves are renamed and transposed to PyTorch's conventions:
@@ -297,12 +303,13 @@ def flax_to_torch_state_dict(variables: Mapping[str, Any], *, collections: tuple
     PyTorch layouts and are not supported. Only ``collections`` are exported.
     """
     out: dict[str, np.ndarray] = {}
-    for col, path, leaf in _collections(variables, collections):
+    name = "flax_to_torch_state_dict"
+    for col, path, leaf in _collections(variables, collections, name):
         key = _torch_key(path)
         if key in out:
-            raise ValueError(f"two Flax leaves map to the PyTorch key {key!r} (second: {col}/{'/'.join(path)})")
-        value = np.array(leaf, dtype=np.int64 if path[-1] == _COUNTER else None)
-        perm = _leaf_perm(path, value.ndim)
+            raise ValueError(f"{name}: two Flax leaves map to the PyTorch key {key!r} (second: {col}/{'/'.join(path)})")
+        value = np.array(leaf, dtype=np.int64 if path[-1] == COUNTER else None)
+        perm = _leaf_perm(path, value.ndim, name)
         out[key] = np.ascontiguousarray(value.transpose(perm)) if perm else value
     return out
 
@@ -333,47 +340,52 @@ def torch_to_flax_variables(
     Raises:
       ValueError: missing (or, with ``strict``, unexpected) keys, or a shape that does not match.
     """
+    name = "torch_to_flax_variables"
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+        raise TypeError(f"{name}: expected a state dict (a mapping of names to tensors), got "
+                        f"{type(state_dict).__name__}")
     result = {col: tree for col, tree in template_variables.items() if col not in collections}
     used, missing = set(), []
-    for col, path, leaf in _collections(template_variables, collections):
+    for col, path, leaf in _collections(template_variables, collections, name):
         key = _torch_key(path)
         if key in state_dict:
             used.add(key)
             value = _to_numpy(state_dict[key])
-        elif path[-1] == _COUNTER:  # checkpoints older than PyTorch 0.4.1 have no counter; PyTorch uses 0
+        elif path[-1] == COUNTER:  # checkpoints older than PyTorch 0.4.1 have no counter; PyTorch uses 0
             value = np.zeros((), np.int64)
         else:
             missing.append(key)
             continue
         node = result.setdefault(col, {})
-        for name in path[:-1]:
-            node = node.setdefault(name, {})
+        for module in path[:-1]:
+            node = node.setdefault(module, {})
         node[path[-1]] = _as_template_leaf(value, leaf, key, col, path)
-    _check_keys(state_dict, used, missing, strict, "template")
+    _check_keys(state_dict, used, missing, strict, "template", name=name)
     return result
 
 
-def _check_keys(state_dict: Mapping[str, Any], used: set, missing: list, strict: bool, target: str) -> None:
+def _check_keys(state_dict: Mapping[str, Any], used: set[str], missing: list[str], strict: bool, target: str, *,
+                name: str | None = None) -> None:
     """Raise ValueError naming the missing keys (and, if ``strict``, the unused ones) of a state dict loaded into
-    ``target``; PyTorch's ``num_batches_tracked`` counters may always be left unused."""
-    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(_COUNTER))
+    ``target`` by the public function ``name``; PyTorch's ``num_batches_tracked`` counters may always be left
+    unused."""
+    unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(COUNTER))
     problems = [f"missing keys {missing}"] if missing else []
     if strict and unexpected:
         problems.append(f"unexpected keys {unexpected} (strict=False ignores them)")
     if problems:
-        raise ValueError(f"state dict does not match the {target}: " + "; ".join(problems))
+        where = f"{name}: " if name else ""
+        raise ValueError(f"{where}state dict does not match the {target}: " + "; ".join(problems))
 
 
 def _as_template_leaf(value: np.ndarray, leaf, key: str, col: str, path: tuple[str, ...]) -> jax.Array:
     """A state-dict tensor in the Flax layout, shape and dtype of the template's ``leaf`` (a copy: see _to_numpy)."""
     shape, dtype = tuple(np.shape(leaf)), getattr(leaf, "dtype", np.asarray(leaf).dtype)
-    perm = _leaf_perm(path, len(shape))
+    perm = _leaf_perm(path, len(shape), "torch_to_flax_variables")
     expected = tuple(shape[i] for i in perm) if perm else shape
     if value.shape != expected:
         raise ValueError(
-            f"state dict entry {key!r}: expected shape {expected} (Flax {col}/{'/'.join(path)} of shape "
-            f"{shape}), got {value.shape}"
+            f"torch_to_flax_variables: state dict entry {key!r}: expected shape {expected} (Flax "
+            f"{col}/{'/'.join(path)} of shape {shape}), got {value.shape}"
         )
     return jnp.array(value.transpose(np.argsort(perm)) if perm else value, dtype=dtype)

@@ -62,8 +62,9 @@ def layer_norm(
       TypeError: non-floating ``x`` or non-boolean mask.
     """
     axes, shape, mask = _trailing("layer_norm", x, params, normalized_shape, mask)
-    y, _, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps), mask=mask)
-    return y.astype(x.dtype)
+    with jax.named_scope("layer_norm"):  # the layer's operations carry its name in profiles and HLO dumps
+        y, _, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps), mask=mask)
+        return y.astype(x.dtype)
 
 
 def rms_norm_init(
@@ -98,6 +99,7 @@ def rms_norm(
     if "bias" in params:
         raise ValueError(f"rms_norm: params has keys {sorted(params)}; expected only 'weight' (RMSNorm has no bias)")
     eps = float(jnp.finfo(x.dtype).eps) if eps is None else eps
-    y, _, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps, center=False),
-                                  mask=mask)
-    return y.astype(x.dtype)
+    with jax.named_scope("rms_norm"):
+        y, _, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps, center=False),
+                                      mask=mask)
+        return y.astype(x.dtype)

@@ -21,8 +21,8 @@ from jaxnorm.group_norm import group_norm
 from jaxnorm.instance_norm import instance_norm_1d, instance_norm_2d, instance_norm_3d
 from jaxnorm.layer_norm import layer_norm, rms_norm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-           "LayerNorm", "GroupNorm", "RMSNorm"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm", "InstanceNorm1d", "InstanceNorm2d",
+           "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm"]
 
 
 def _affine_params(module: nn.Module, shape, bias: bool = True) -> dict:

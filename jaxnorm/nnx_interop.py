@@ -20,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnorm.interop import _COUNTER, _check_keys, _leaf_perm, _to_numpy, _torch_key
+from jaxnorm._types import COUNTER
+from jaxnorm.interop import _check_keys, _leaf_perm, _to_numpy, _torch_key
 
 __all__ = ["nnx_to_torch_state_dict", "torch_to_nnx"]
 
 _EXPORTED = (nnx.Param, nnx.BatchStat)
 
 
-def _variables(model: nnx.Module) -> Iterator[tuple[tuple[str, ...], str, nnx.Variable]]:
+def _variables(model: nnx.Module, name: str) -> Iterator[tuple[tuple[str, ...], str, nnx.Variable[Any]]]:
     """``(path, PyTorch key, Variable)`` for every Param and BatchStat of ``model`` (each shared Variable once).
 
     Raises:
@@ -35,13 +36,14 @@ def _variables(model: nnx.Module) -> Iterator[tuple[tuple[str, ...], str, nnx.Va
       ValueError: two Variables map to the same PyTorch key.
     """
     if not isinstance(model, nnx.Module):
-        raise TypeError(f"expected a flax.nnx.Module, got {type(model).__name__}")
+        raise TypeError(f"{name}: expected a flax.nnx.Module, got {type(model).__name__}")
     seen: dict[str, str] = {}
     for path, variable in nnx.to_flat_state(nnx.state(model, _EXPORTED)):
         path = tuple(str(name) for name in path)
         key = _torch_key(path)
         if key in seen:
-            raise ValueError(f"two NNX Variables map to the PyTorch key {key!r}: {seen[key]} and {'/'.join(path)}")
+            raise ValueError(f"{name}: two NNX Variables map to the PyTorch key {key!r}: {seen[key]} and "
+                             f"{'/'.join(path)}")
         seen[key] = "/".join(path)
         yield path, key, variable
 
@@ -75,9 +77,9 @@ def nnx_to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
         a kernel of rank < 2.
     """
     out: dict[str, np.ndarray] = {}
-    for path, key, variable in _variables(model):
-        value = np.array(variable.get_value(), dtype=np.int64 if path[-1] == _COUNTER else None)
-        perm = _leaf_perm(path, value.ndim)
+    for path, key, variable in _variables(model, "nnx_to_torch_state_dict"):
+        value = np.array(variable.get_value(), dtype=np.int64 if path[-1] == COUNTER else None)
+        perm = _leaf_perm(path, value.ndim, "nnx_to_torch_state_dict")
         out[key] = np.ascontiguousarray(value.transpose(perm)) if perm else value
     return out
 
@@ -109,29 +111,31 @@ def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bo
       ValueError: missing (or, with ``strict``, unexpected) keys, or a shape that does not match (the message names
         both shapes).
     """
+    name = "torch_to_nnx"
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+        raise TypeError(f"{name}: expected a state dict (a mapping of names to tensors), got "
+                        f"{type(state_dict).__name__}")
     loads, used, missing = [], set(), []
-    for path, key, variable in _variables(model):
+    for path, key, variable in _variables(model, name):
         if key in state_dict:
             used.add(key)
             value = _to_numpy(state_dict[key])
-        elif path[-1] == _COUNTER:
+        elif path[-1] == COUNTER:
             value = np.zeros((), np.int64)
         else:
             missing.append(key)
             continue
         current = variable.get_value()  # an array, or a ShapeDtypeStruct in an abstract model
         shape = tuple(current.shape)
-        perm = _leaf_perm(path, len(shape))
+        perm = _leaf_perm(path, len(shape), name)
         expected = tuple(shape[i] for i in perm) if perm else shape
         if value.shape != expected:
-            raise ValueError(f"state dict entry {key!r}: expected shape {expected} (NNX {'/'.join(path)} of shape "
-                             f"{shape}), got {value.shape}")
+            raise ValueError(f"{name}: state dict entry {key!r}: expected shape {expected} (NNX {'/'.join(path)} "
+                             f"of shape {shape}), got {value.shape}")
         if perm:
             value = value.transpose(np.argsort(perm))
         loads.append((variable, jnp.array(value, dtype=current.dtype)))  # a copy: see interop._to_numpy
-    _check_keys(state_dict, used, missing, strict, "model")
+    _check_keys(state_dict, used, missing, strict, "model", name=name)
     for variable, value in loads:
         variable.set_value(value)
     return model

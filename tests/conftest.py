@@ -19,6 +19,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 jax.config.update("jax_default_matmul_precision", "highest")
+# A silent dtype or rank promotion (float32 + float64 -> float64, (C,) + (N, C) -> (N, C)) fails a test instead of
+# passing unnoticed: the library must say what it promotes (Equinox's test configuration does the same).
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 def pytest_configure(config):

@@ -79,11 +79,11 @@ def test_batch_renorm_gradients_hold_r_and_d_constant():
         stats = {"running_mean": rm, "running_var": rv, "num_batches_tracked": jnp.asarray(0, jnp.int32)}
 
         def reference(x, p):
-            mean, var = x.mean(0), x.var(0)
-            sigma_b, sigma = jnp.sqrt(var + EPS), jnp.sqrt(rv + EPS)
+            mean, var = x.mean(0, keepdims=True), x.var(0, keepdims=True)
+            sigma_b, sigma = jnp.sqrt(var + EPS), jnp.sqrt(rv[None] + EPS)
             r = jax.lax.stop_gradient(jnp.clip(sigma_b / sigma, 1 / 1.5, 1.5))
-            d = jax.lax.stop_gradient(jnp.clip((mean - rm) / sigma, -0.5, 0.5))
-            return ((x - mean) / sigma_b * r + d) * p["weight"] + p["bias"]
+            d = jax.lax.stop_gradient(jnp.clip((mean - rm[None]) / sigma, -0.5, 0.5))
+            return ((x - mean) / sigma_b * r + d) * p["weight"][None] + p["bias"][None]
 
         got = jax.jit(jax.jacrev(lambda x, p: jn.batch_renorm(x, p, stats, train=True, r_max=1.5, d_max=0.5)[0],
                                  argnums=(0, 1)))(x, params)

@@ -193,4 +193,4 @@ class TestInstanceNorm(chex.TestCase):
         x4 = jnp.ones((2, 3, 4, 5)) * jnp.arange(20.0).reshape(1, 1, 4, 5)
         chex.assert_shape(jn.instance_norm_2d(x4, {}, {}, train=True)[0], (2, 3, 4, 5))
         chex.assert_shape(jn.instance_norm_2d(x4[0], {}, {}, train=True)[0], (3, 4, 5))
-        chex.assert_shape(jn.instance_norm_3d(x4[..., None] * jnp.ones(2), {}, {}, train=True)[0], (2, 3, 4, 5, 2))
+        chex.assert_shape(jn.instance_norm_3d(jnp.repeat(x4[..., None], 2, axis=-1), {}, {}, train=True)[0], (2, 3, 4, 5, 2))

@@ -51,6 +51,7 @@ def _standardize_ref(x, axes, eps):
 
 
 def _affine_ref(x_hat, params, shape):
+    shape = (1,) * (x_hat.ndim - len(shape)) + tuple(shape)  # explicit: the tests forbid rank promotion
     y = x_hat
     if "weight" in params:
         y = y * params["weight"].reshape(shape)
@@ -94,7 +95,7 @@ def ref_layer_norm(x, params, normalized_shape, eps):
 def ref_rms_norm(x, params, normalized_shape, eps):
     axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
     y = x / jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + eps)
-    return y * params["weight"].reshape(normalized_shape) if "weight" in params else y
+    return _affine_ref(y, {"weight": params["weight"]} if "weight" in params else {}, normalized_shape)
 
 
 # --------------------------------------------------------------------------- cases

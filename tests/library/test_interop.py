@@ -79,8 +79,8 @@ def test_partial_layers_and_old_checkpoints():
 @pytest.mark.parametrize(
     "state_dict, prefix, match",
     [
-        ({"bn1.weight": np.ones(3), "bn1.bias": np.zeros(3)}, "", r"no entries directly under prefix ''.*'bn1\.'"),
-        ({"bn1.weight": np.ones(3)}, "bn2.", "no entries"),
+        ({"bn1.weight": np.ones(3), "bn1.bias": np.zeros(3)}, "", r"entries directly under prefix '', got none.*'bn1\.'"),
+        ({"bn1.weight": np.ones(3)}, "bn2.", "got none"),
         ({"w.weight": np.ones((3, 2)), "w.bias": np.zeros(3)}, "w.", r"same shape.*\(3, 2\).*\(3,\)"),
         ({"weight": np.ones(3), "foo": np.ones(3)}, "", r"got also \['foo'\]"),
         ({"running_mean": np.ones(3)}, "", "both 'running_mean' and 'running_var'"),
@@ -88,16 +88,16 @@ def test_partial_layers_and_old_checkpoints():
     ],
 )
 def test_from_torch_state_dict_errors(state_dict, prefix, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^from_torch_state_dict: .*{match}"):
         jn.from_torch_state_dict(state_dict, prefix=prefix)
 
 
 def test_to_torch_state_dict_errors():
-    with pytest.raises(ValueError, match=r"params keys.*got also \['scale'\]"):
+    with pytest.raises(ValueError, match=r"^to_torch_state_dict: expected params keys.*got also \['scale'\]"):
         jn.to_torch_state_dict({"scale": jnp.ones(3)}, {})
-    with pytest.raises(TypeError, match="expected batch_stats to be a dict"):
+    with pytest.raises(TypeError, match="^to_torch_state_dict: expected batch_stats to be a dict"):
         jn.to_torch_state_dict({}, None)
-    with pytest.raises(TypeError, match="state dict"):
+    with pytest.raises(TypeError, match="^from_torch_state_dict: expected a state dict"):
         jn.from_torch_state_dict([("weight", np.ones(3))])
 
 
@@ -222,7 +222,7 @@ def test_fold_matches_unfolded_eval_bn(kind, out_axis, with_bias, affine):
     b0 = bias if with_bias else jnp.zeros(c)
     if kind == "dense":
         x, w_torch = jnp.asarray(randn(6, 4)), jnp.asarray(randn(c, 4))  # torch Linear layout (out, in)
-        layer = lambda w_t, b: jnp.dot(x, w_t.T, precision="highest") + b  # noqa: E731
+        layer = lambda w_t, b: jnp.dot(x, w_t.T, precision="highest") + b[None]  # noqa: E731
         kernel = w_torch.T if out_axis == -1 else w_torch  # Flax Dense: (in, out)
         to_torch = lambda k: k.T if out_axis == -1 else k  # noqa: E731
     else:
@@ -259,13 +259,14 @@ def test_fold_matches_torch_fusion():
 
 def test_fold_errors():
     params, stats = _bn_state(4)
-    with pytest.raises(ValueError, match=r"4 output channels on out_axis=-1.*expected running_mean of shape \(4,\), got \(5,\)"):
+    with pytest.raises(ValueError, match=r"^fold_batch_norm: .*4 output channels on out_axis=-1.*expected running_mean "
+                                         r"of shape \(4,\), got \(5,\)"):
         jn.fold_batch_norm(jnp.ones((3, 4)), None, *_bn_state(5))
-    with pytest.raises(ValueError, match=r"expected layer bias of shape \(4,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"^fold_batch_norm: .*expected layer bias of shape \(4,\), got \(3,\)"):
         jn.fold_batch_norm(jnp.ones((3, 4)), jnp.ones(3), params, stats)
-    with pytest.raises(ValueError, match="cannot be folded"):
+    with pytest.raises(ValueError, match="^fold_batch_norm: .*cannot be folded"):
         jn.fold_batch_norm(jnp.ones((3, 4)), None, params, {})
-    with pytest.raises(ValueError, match=r"out_axis in \[-2, 2\)"):
+    with pytest.raises(ValueError, match=r"^fold_batch_norm: expected out_axis in \[-2, 2\)"):
         jn.fold_batch_norm(jnp.ones((3, 4)), None, params, stats, out_axis=2)
 
 
@@ -345,13 +346,16 @@ def test_flax_model_matches_torch_model(spatial):
 def test_torch_to_flax_errors():
     _, variables, _ = _init_net(2)
     sd = flax_to_torch_state_dict(variables)
-    with pytest.raises(ValueError, match=r"missing keys \['fc.bias'\]"):
+    with pytest.raises(ValueError, match=r"^torch_to_flax_variables: .*missing keys \['fc.bias'\]"):
         torch_to_flax_variables({k: v for k, v in sd.items() if k != "fc.bias"}, variables)
-    with pytest.raises(ValueError, match=r"unexpected keys \['extra.weight'\]"):
+    with pytest.raises(ValueError, match=r"^torch_to_flax_variables: .*unexpected keys \['extra.weight'\]"):
         torch_to_flax_variables({**sd, "extra.weight": np.ones(2)}, variables)
+    with pytest.raises(TypeError, match=r"^flax_to_torch_state_dict: expected Flax variables .*got list"):
+        flax_to_torch_state_dict([variables])
     loaded = torch_to_flax_variables({**sd, "extra.weight": np.ones(2)}, variables, strict=False)
     np.testing.assert_array_equal(loaded["params"]["fc"]["bias"], variables["params"]["fc"]["bias"])
-    with pytest.raises(ValueError, match=r"'conv.weight': expected shape \(4, 2, 3, 3\).*\(3, 3, 2, 4\)\), got \(4, 2, 3, 2\)"):
+    with pytest.raises(ValueError, match=r"^torch_to_flax_variables: .*'conv.weight': expected shape \(4, 2, 3, 3\)"
+                                         r".*\(3, 3, 2, 4\)\), got \(4, 2, 3, 2\)"):
         torch_to_flax_variables({**sd, "conv.weight": np.ones((4, 2, 3, 2))}, variables)
     # a counter missing (pre-0.4.1 checkpoint) loads as 0; a counter the template lacks is ignored
     loaded = torch_to_flax_variables({k: v for k, v in sd.items() if k != "bn.num_batches_tracked"}, variables)

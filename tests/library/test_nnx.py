@@ -169,9 +169,9 @@ class MLP(nnx.Module):
 
 
 def _pure_forward(params, stats, x):
-    h = x @ params["fc1"]["kernel"] + params["fc1"]["bias"]
+    h = x @ params["fc1"]["kernel"] + params["fc1"]["bias"][None]
     h, stats = jn.batch_norm_1d(h, params["bn"], stats, train=True, momentum=0.3, axis=-1)
-    return nnx.relu(h) @ params["fc2"]["kernel"] + params["fc2"]["bias"], stats
+    return nnx.relu(h) @ params["fc2"]["kernel"] + params["fc2"]["bias"][None], stats
 
 
 def test_jit_value_and_grad_optimizer_step_matches_pure_functions_and_optax():

@@ -79,20 +79,20 @@ def test_errors_and_old_checkpoints():
     sd = jn.nnx_to_torch_state_dict(model)
     before = nnx.to_pure_dict(nnx.state(model))
     changed = {k: v + 1 if v.dtype == np.float32 else v for k, v in sd.items()}
-    with pytest.raises(ValueError, match=r"missing keys \['layers.0.bias'\]"):
+    with pytest.raises(ValueError, match=r"^torch_to_nnx: .*missing keys \['layers.0.bias'\]"):
         jn.torch_to_nnx({k: v for k, v in changed.items() if k != "layers.0.bias"}, model)
-    with pytest.raises(ValueError, match=r"unexpected keys \['extra.weight'\] \(strict=False ignores them\)"):
+    with pytest.raises(ValueError, match=r"^torch_to_nnx: .*unexpected keys \['extra.weight'\] \(strict=False ignores them\)"):
         jn.torch_to_nnx({**changed, "extra.weight": np.ones(2)}, model)
-    with pytest.raises(ValueError, match=r"'conv.weight': expected shape \(4, 2, 3, 3\) \(NNX conv/kernel of shape "
+    with pytest.raises(ValueError, match=r"^torch_to_nnx: state dict entry 'conv.weight': expected shape \(4, 2, 3, 3\) \(NNX conv/kernel of shape "
                                          r"\(3, 3, 2, 4\)\), got \(4, 2, 3, 2\)"):
         jn.torch_to_nnx({**changed, "conv.weight": np.ones((4, 2, 3, 2), np.float32)}, model)
     with pytest.raises(ValueError, match=r"'ln.weight': expected shape \(2,\) .*got \(3,\)"):  # the last one read
         jn.torch_to_nnx({**changed, "ln.weight": np.ones(3, np.float32)}, model)
     # every entry is checked before any is written: the failed loads changed nothing
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(model)), before)
-    with pytest.raises(TypeError, match="expected a state dict"):
+    with pytest.raises(TypeError, match="^torch_to_nnx: expected a state dict"):
         jn.torch_to_nnx(list(sd.items()), model)
-    with pytest.raises(TypeError, match="expected a flax.nnx.Module, got dict"):
+    with pytest.raises(TypeError, match="^nnx_to_torch_state_dict: expected a flax.nnx.Module, got dict"):
         jn.nnx_to_torch_state_dict(before)
 
     sd["ln.weight"] = np.full(2, 3.0, np.float32)

@@ -74,12 +74,12 @@ FAMILIES = {
     "instance_norm": Family((2, 3, 2, 3), lambda x, p: jn.instance_norm_2d(x, p, {}, train=True)[0],
                             lambda x, p: _affine_channels(_standardize(x, (2, 3)), p), _channel_params(3)),
     "layer_norm": Family((3, 2, 4), lambda x, p: jn.layer_norm(x, p, (2, 4)),
-                         lambda x, p: _standardize(x, (1, 2)) * p["weight"] + p["bias"],
+                         lambda x, p: _standardize(x, (1, 2)) * p["weight"][None] + p["bias"][None],
                          lambda rng: {"weight": jnp.asarray(rng.uniform(0.5, 2, (2, 4))),
                                       "bias": jnp.asarray(rng.normal(size=(2, 4)))}),
     "group_norm": Family((2, 4, 3), lambda x, p: jn.group_norm(x, p, 2), _gn_ref, _channel_params(4)),
     "rms_norm": Family((3, 5), lambda x, p: jn.rms_norm(x, p, 5, eps=1e-6),
-                       lambda x, p: x / jnp.sqrt(jnp.mean(x * x, axis=1, keepdims=True) + 1e-6) * p["weight"],
+                       lambda x, p: x / jnp.sqrt(jnp.mean(x * x, axis=1, keepdims=True) + 1e-6) * p["weight"][None],
                        lambda rng: {"weight": jnp.asarray(rng.uniform(0.5, 2, 5))}),
 }
 
