@@ -6,7 +6,6 @@ All checks look only at static information (shapes, dtypes, dict keys), so they 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 
 import jax.numpy as jnp
@@ -20,16 +19,6 @@ def check_floating(name: str, x) -> None:
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{name}: expected a floating-point input (float16/bfloat16/float32/float64), got dtype "
                         f"{dtype}")
-
-
-def bind(name: str, signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
-    """A call's arguments by parameter name, defaults filled in (a wrong call raises a TypeError naming ``name``)."""
-    try:
-        call = signature.bind(*args, **kwargs)
-    except TypeError as e:
-        raise TypeError(f"{name}: {e}") from None
-    call.apply_defaults()
-    return call.arguments
 
 
 def check_rank(name: str, x, allowed: Sequence[int], layout: str) -> None:

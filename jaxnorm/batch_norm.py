@@ -6,7 +6,6 @@ Spec: statistics over every axis except the channel axis; parameters and running
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Hashable, Sequence
 
 import jax
@@ -14,6 +13,9 @@ import jax.numpy as jnp
 
 from jaxnorm import _checks, _running, _stats
 from jaxnorm._types import BatchStats, Params, channel_shape
+
+Groups = tuple[tuple[int, ...], ...]  # axis_index_groups, checked
+Clips = tuple[jax.Array, jax.Array]  # Batch Renormalization's (r_max, d_max)
 
 
 def batch_norm_init(
@@ -45,7 +47,10 @@ def split_axis(a: jax.Array, axis: int, sizes: tuple[int, int]) -> jax.Array:
     return a.reshape(a.shape[:axis] + new + a.shape[axis + 1:])
 
 
-def _check(name: str, x, params, batch_stats, *, train, momentum, axis, axis_name, axis_index_groups, mask):
+def _check(name: str, x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool,
+           momentum: float | None, axis: int, axis_name: Hashable | None,
+           axis_index_groups: Sequence[Sequence[int]] | None,
+           mask: jax.Array | None) -> tuple[int, Groups | None, jax.Array | None]:
     _checks.check_floating(name, x)
     if x.ndim < 2:
         raise ValueError(f"{name}: expected at least 2-D input (N, C, ...), got {x.ndim}-D input with shape {x.shape}")
@@ -58,8 +63,10 @@ def _check(name: str, x, params, batch_stats, *, train, momentum, axis, axis_nam
     return axis, groups, _checks.check_mask(name, mask, x)
 
 
-def _batch_statistics(name, x, params, batch_stats, *, momentum, eps, axis, axis_name, groups, mask, ghost, renorm,
-                      update: bool):
+def _batch_statistics(name: str, x: jax.Array, params: Params, batch_stats: BatchStats, *, momentum: float | None,
+                      eps: float, axis: int, axis_name: Hashable | None, groups: Groups | None,
+                      mask: jax.Array | None, ghost: int | None, renorm: Clips | None,
+                      update: bool) -> tuple[jax.Array, BatchStats]:
     """Training-mode BN (or BN without running statistics): ``(y, updated batch_stats)``."""
     channels = x.shape[axis]
     xv, mv, axis_v = x, mask, axis
@@ -75,11 +82,10 @@ def _batch_statistics(name, x, params, batch_stats, *, momentum, eps, axis, axis
                          + (f" in each virtual batch of {ghost})" if ghost else ")"))
     stats_shape = channel_shape(xv.ndim, axis_v, channels)
     weight, bias = _stats.broadcast_params(params, stats_shape)
-    if renorm is not None:
-        renorm = _stats.Renorm(batch_stats["running_mean"].reshape(stats_shape),
-                               batch_stats["running_var"].reshape(stats_shape), *renorm)
+    correction = None if renorm is None else _stats.Renorm(batch_stats["running_mean"].reshape(stats_shape),
+                                                           batch_stats["running_var"].reshape(stats_shape), *renorm)
     spec = _stats.Spec(reduce_axes, eps, axis_name=sync, groups=groups if ghost is None else None)
-    y, mean, var, count = _stats.normalize(xv, weight, bias, spec, mask=mv, renorm=renorm)
+    y, mean, var, count = _stats.normalize(xv, weight, bias, spec, mask=mv, renorm=correction)
     y = y.reshape(x.shape)
     if not update:
         return y, batch_stats
@@ -92,7 +98,8 @@ def _batch_statistics(name, x, params, batch_stats, *, momentum, eps, axis, axis
     return y, _running.update(batch_stats, avg_mean, avg_var, momentum, valid=valid)
 
 
-def _running_statistics(x, params, batch_stats, *, eps, axis, mask):
+def _running_statistics(x: jax.Array, params: Params, batch_stats: BatchStats, *, eps: float, axis: int,
+                        mask: jax.Array | None) -> jax.Array:
     """Eval-mode BN with the running statistics."""
     shape = channel_shape(x.ndim, axis, x.shape[axis])
     dtype = _stats.compute_dtype(x.dtype)  # float32 statistics of a float64 input are promoted, not the input demoted
@@ -102,8 +109,11 @@ def _running_statistics(x, params, batch_stats, *, eps, axis, mask):
     return y if mask is None else jnp.where(mask, y, jnp.zeros((), y.dtype))
 
 
-def _batch_norm(name: str, x, params, batch_stats, *, train: bool, momentum, eps, axis, axis_name=None,
-                axis_index_groups=None, mask=None, virtual_batch_size=None, renorm=None):
+def _batch_norm(name: str, x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool,
+                momentum: float | None, eps: float, axis: int, axis_name: Hashable | None = None,
+                axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
+                virtual_batch_size: int | None = None, renorm: Clips | None = None) -> tuple[jax.Array, BatchStats]:
+    """Every batch normalization of this package, its errors and its named scope calling it ``name``."""
     axis, groups, mask = _check(name, x, params, batch_stats, train=train, momentum=momentum, axis=axis,
                                 axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask)
     ghost = _checks.check_virtual_batch_size(name, virtual_batch_size, x.shape[0])
@@ -168,25 +178,93 @@ def batch_norm(
                        virtual_batch_size=virtual_batch_size)
 
 
-_SIGNATURE = inspect.signature(batch_norm)
+def batch_norm_1d(
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None,
+    axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
+    virtual_batch_size: int | None = None,
+) -> tuple[jax.Array, BatchStats]:
+    """:func:`batch_norm` for the input of PyTorch's ``BatchNorm1d``: ``(N, C)`` or ``(N, C, L)``.
+
+    Arguments, return value and errors as :func:`batch_norm`; also a ValueError for an input of another rank.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> params, stats = jn.batch_norm_init(3)
+      >>> y, stats = jn.batch_norm_1d(jnp.arange(12.0).reshape(4, 3), params, stats, train=True)
+      >>> y.shape, [round(float(v), 3) for v in y[:, 0]]
+      ((4, 3), [-1.342, -0.447, 0.447, 1.342])
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167
+    """
+    _checks.check_rank("batch_norm_1d", x, (2, 3), "(N, C) or (N, C, L)")
+    return _batch_norm("batch_norm_1d", x, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
+                       axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask,
+                       virtual_batch_size=virtual_batch_size)
 
 
-def _ranked(name: str, ranks: tuple[int, ...], layout: str):
-    """``batch_norm`` (same signature) for inputs of the given ranks, its errors naming ``name``."""
+def batch_norm_2d(
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None,
+    axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
+    virtual_batch_size: int | None = None,
+) -> tuple[jax.Array, BatchStats]:
+    """:func:`batch_norm` for the input of PyTorch's ``BatchNorm2d``: ``(N, C, H, W)`` (``(N, H, W, C)`` with
+    ``axis=-1``).
 
-    def fn(*args, **kwargs) -> tuple[jax.Array, BatchStats]:
-        call = _checks.bind(name, _SIGNATURE, args, kwargs)
-        _checks.check_rank(name, call["x"], ranks, layout)
-        return _batch_norm(name, **call)
+    Arguments, return value and errors as :func:`batch_norm`; also a ValueError for an input of another rank.
 
-    fn.__name__ = fn.__qualname__ = name
-    fn.__signature__ = _SIGNATURE
-    fn.layout = layout
-    fn.__doc__ = (f"{batch_norm.__doc__.splitlines()[0]}\n\n    PyTorch ``{name}`` rank check: {layout}. "
-                  "Arguments and return value as :func:`batch_norm`.")
-    return fn
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> params, stats = jn.batch_norm_init(3)
+      >>> x = jnp.arange(48.0).reshape(2, 3, 2, 4)
+      >>> y, stats = jn.batch_norm_2d(x, params, stats, train=True)
+      >>> [round(float(v), 2) for v in stats["running_mean"]]
+      [1.55, 2.35, 3.15]
+      >>> y_eval, _ = jn.batch_norm_2d(x, params, stats, train=False)   # the running statistics
+      >>> y_eval.shape, y_eval.dtype
+      ((2, 3, 2, 4), dtype('float32'))
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167
+    """
+    _checks.check_rank("batch_norm_2d", x, (4,), "(N, C, H, W)")
+    return _batch_norm("batch_norm_2d", x, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
+                       axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask,
+                       virtual_batch_size=virtual_batch_size)
 
 
-batch_norm_1d = _ranked("batch_norm_1d", (2, 3), "(N, C) or (N, C, L)")
-batch_norm_2d = _ranked("batch_norm_2d", (4,), "(N, C, H, W)")
-batch_norm_3d = _ranked("batch_norm_3d", (5,), "(N, C, D, H, W)")
+def batch_norm_3d(
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None,
+    axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
+    virtual_batch_size: int | None = None,
+) -> tuple[jax.Array, BatchStats]:
+    """:func:`batch_norm` for the input of PyTorch's ``BatchNorm3d``: ``(N, C, D, H, W)``.
+
+    Arguments, return value and errors as :func:`batch_norm`; also a ValueError for an input of another rank.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> params, stats = jn.batch_norm_init(2)
+      >>> y, stats = jn.batch_norm_3d(jnp.ones((2, 2, 3, 4, 4)), params, stats, train=True)
+      >>> y.shape, float(abs(y).max())                # a constant input normalizes to 0
+      ((2, 2, 3, 4, 4), 0.0)
+      >>> jn.batch_norm_3d(jnp.ones((2, 2, 4, 4)), params, stats, train=True)
+      Traceback (most recent call last):
+      ValueError: batch_norm_3d: expected 5-D input (N, C, D, H, W), got 4-D input with shape (2, 2, 4, 4)
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167
+    """
+    _checks.check_rank("batch_norm_3d", x, (5,), "(N, C, D, H, W)")
+    return _batch_norm("batch_norm_3d", x, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
+                       axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask,
+                       virtual_batch_size=virtual_batch_size)

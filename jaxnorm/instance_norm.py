@@ -2,6 +2,18 @@
 
 Spec: statistics per (sample, channel) over the spatial axes; optional per-channel affine; optional running
 statistics that track the batch-average of the per-instance statistics (used when ``train=False``).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxnorm as jn
+  >>> x = jnp.arange(12.0).reshape(2, 2, 3)             # (N, C, L)
+  >>> y, _ = jn.instance_norm_1d(x, {}, {}, train=True)  # PyTorch's defaults: no affine, no running statistics
+  >>> [round(float(v), 3) for v in y[1, 1]]
+  [-1.225, 0.0, 1.225]
+
+References:
+  Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+  https://arxiv.org/abs/1607.08022
 """
 
 from __future__ import annotations
@@ -10,6 +22,7 @@ from collections.abc import Hashable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxnorm import _checks, _running, _stats
 from jaxnorm._types import COUNTER, BatchStats, Params, channel_shape
@@ -17,44 +30,68 @@ from jaxnorm.batch_norm import _running_statistics, batch_norm_init
 
 
 def instance_norm_init(
-    num_features: int, *, affine: bool = False, track_running_stats: bool = False, dtype=jnp.float32
+    num_features: int, *, affine: bool = False, track_running_stats: bool = False, dtype: DTypeLike = jnp.float32
 ) -> tuple[Params, BatchStats]:
     """Initial ``(params, batch_stats)``; PyTorch's InstanceNorm defaults are ``affine=False``,
-    ``track_running_stats=False`` (both collections empty)."""
+    ``track_running_stats=False`` (both collections empty).
+
+    Example:
+      >>> import jaxnorm as jn
+      >>> jn.instance_norm_init(3)
+      ({}, {})
+      >>> params, stats = jn.instance_norm_init(3, affine=True, track_running_stats=True)
+      >>> sorted(params), sorted(stats)
+      (['bias', 'weight'], ['num_batches_tracked', 'running_mean', 'running_var'])
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
+    """
     _checks.check_num_features("instance_norm_init", num_features)
     return batch_norm_init(num_features, affine=affine, track_running_stats=track_running_stats, dtype=dtype)
 
 
-def _instance_norm(name: str, x, params, batch_stats, *, train, momentum, eps, axis, axis_name, mask):
+def _check(name: str, x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool,
+           momentum: float | None, axis: int, mask: jax.Array | None) -> tuple[int, jax.Array | None]:
+    """The checks of every instance normalization; returns the channel axis (non-negative) and the mask."""
     _checks.check_floating(name, x)
     if x.ndim < 3:
         raise ValueError(f"{name}: expected at least 3-D batched input (N, C, L...), got {x.ndim}-D input with "
                          f"shape {tuple(x.shape)}")
     axis = _checks.channel_axis(name, x, axis)
-    channels = x.shape[axis]
-    _checks.check_params(name, params, (channels,))
-    _checks.check_batch_stats(name, batch_stats, channels)
+    _checks.check_params(name, params, (x.shape[axis],))
+    _checks.check_batch_stats(name, batch_stats, x.shape[axis])
     _checks.check_momentum(name, momentum)
     _checks.check_train(name, train)
-    mask = _checks.check_mask(name, mask, x)
+    return axis, _checks.check_mask(name, mask, x)
+
+
+def _instance_norm(name: str, x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool,
+                   momentum: float | None, eps: float, axis: int, axis_name: Hashable | None,
+                   mask: jax.Array | None) -> tuple[jax.Array, BatchStats]:
+    """Every instance normalization of this package, its errors and its named scope calling it ``name``."""
+    axis, mask = _check(name, x, params, batch_stats, train=train, momentum=momentum, axis=axis, mask=mask)
     if not (train or not batch_stats):
-        y = _running_statistics(x, params, batch_stats, eps=eps, axis=axis, mask=mask)
-        return y.astype(x.dtype), batch_stats
+        with jax.named_scope(name):
+            y = _running_statistics(x, params, batch_stats, eps=eps, axis=axis, mask=mask)
+            return y.astype(x.dtype), batch_stats
+    channels = x.shape[axis]
     spatial = tuple(a for a in range(1, x.ndim) if a != axis)
     if mask is None and _stats.group_size(x.shape, spatial) == 1:
         raise ValueError(f"{name}: expected more than 1 spatial element when training, got input shape "
                          f"{tuple(x.shape)}")
-    weight, bias = _stats.broadcast_params(params, channel_shape(x.ndim, axis, channels))
-    y, mean, var, count = _stats.normalize(x, weight, bias, _stats.Spec(spatial, eps), mask=mask)
-    new_stats = batch_stats
-    if train and batch_stats:
-        # PyTorch folds N into C and runs batch norm, then averages the per-sample running stats over N.
-        avg_mean, avg_var, valid = _running.average_of_groups(mean, var, count, (0,), channels,
-                                                              masked=mask is not None, axis_name=axis_name)
-        updated = _running.update(batch_stats, avg_mean, avg_var, 0.0 if momentum is None else momentum,
-                                  valid=valid)
-        new_stats = {**updated, COUNTER: batch_stats[COUNTER]}
-    return y.astype(x.dtype), new_stats
+    with jax.named_scope(name):  # the layer's operations carry its name in profiles and HLO dumps
+        weight, bias = _stats.broadcast_params(params, channel_shape(x.ndim, axis, channels))
+        y, mean, var, count = _stats.normalize(x, weight, bias, _stats.Spec(spatial, eps), mask=mask)
+        new_stats = batch_stats
+        if train and batch_stats:
+            # PyTorch folds N into C and runs batch norm, then averages the per-sample running stats over N.
+            avg_mean, avg_var, valid = _running.average_of_groups(mean, var, count, (0,), channels,
+                                                                  masked=mask is not None, axis_name=axis_name)
+            updated = _running.update(batch_stats, avg_mean, avg_var, 0.0 if momentum is None else momentum,
+                                      valid=valid)
+            new_stats = {**updated, COUNTER: batch_stats[COUNTER]}
+        return y.astype(x.dtype), new_stats
 
 
 def instance_norm(
@@ -85,35 +122,94 @@ def instance_norm(
     Raises:
       ValueError / TypeError: as :func:`jaxnorm.batch_norm`; also one spatial element when training.
     """
-    with jax.named_scope("instance_norm"):  # the layer's operations carry its name in profiles and HLO dumps
-        return _instance_norm("instance_norm", x, params, batch_stats, train=train, momentum=momentum, eps=eps,
-                              axis=axis, axis_name=axis_name, mask=mask)
+    return _instance_norm("instance_norm", x, params, batch_stats, train=train, momentum=momentum, eps=eps,
+                          axis=axis, axis_name=axis_name, mask=mask)
 
 
-def _ranked(name: str, batched_rank: int, layout: str):
-    def fn(
-        x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
-        eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None, mask: jax.Array | None = None,
-    ) -> tuple[jax.Array, BatchStats]:
-        _checks.check_rank(name, x, (batched_rank - 1, batched_rank), layout)
-        unbatched = x.ndim == batched_rank - 1
-        xb = x[None] if unbatched else x  # PyTorch treats (C, *spatial) as one sample
-        mb = mask
-        if unbatched and mask is not None and jnp.ndim(mask) == x.ndim:
-            mb = mask[None]
-        with jax.named_scope(name):
-            y, stats = _instance_norm(name, xb, params, batch_stats, train=train, momentum=momentum, eps=eps,
-                                      axis=axis, axis_name=axis_name, mask=mb)
-            return (y[0] if unbatched else y), stats
-
-    fn.__name__ = fn.__qualname__ = name
-    fn.layout = layout
-    fn.__doc__ = (f"Instance normalization with PyTorch ``{name}``'s rank check: {layout} (an unbatched input is "
-                  "normalized as a batch of one). Arguments and return value as :func:`instance_norm`; ``axis`` "
-                  "refers to the batched layout.")
-    return fn
+def _ranked(name: str, batched_rank: int, layout: str, x: jax.Array, params: Params, batch_stats: BatchStats, *,
+            train: bool, momentum: float | None, eps: float, axis: int, axis_name: Hashable | None,
+            mask: jax.Array | None) -> tuple[jax.Array, BatchStats]:
+    """An instance normalization whose input is ``batched_rank``-D, or one rank less for a single instance."""
+    _checks.check_rank(name, x, (batched_rank - 1, batched_rank), layout)
+    unbatched = x.ndim == batched_rank - 1
+    xb = x[None] if unbatched else x  # PyTorch treats (C, *spatial) as one sample
+    mb = mask
+    if unbatched and mask is not None and jnp.ndim(mask) == x.ndim:
+        mb = mask[None]
+    y, stats = _instance_norm(name, xb, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
+                              axis_name=axis_name, mask=mb)
+    return (y[0] if unbatched else y), stats
 
 
-instance_norm_1d = _ranked("instance_norm_1d", 3, "(C, L) or (N, C, L)")
-instance_norm_2d = _ranked("instance_norm_2d", 4, "(C, H, W) or (N, C, H, W)")
-instance_norm_3d = _ranked("instance_norm_3d", 5, "(C, D, H, W) or (N, C, D, H, W)")
+def instance_norm_1d(
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None, mask: jax.Array | None = None,
+) -> tuple[jax.Array, BatchStats]:
+    """:func:`instance_norm` for the input of PyTorch's ``InstanceNorm1d``: ``(N, C, L)``, or ``(C, L)``, which is
+    normalized as a batch of one (``axis`` refers to the batched layout).
+
+    Arguments, return value and errors as :func:`instance_norm`; also a ValueError for an input of another rank.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> y, _ = jn.instance_norm_1d(jnp.array([[1.0, 2.0, 3.0]]), {}, {}, train=True)   # (C, L): one instance
+      >>> y.shape, [round(float(v), 3) for v in y[0]]
+      ((1, 3), [-1.225, 0.0, 1.225])
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
+    """
+    return _ranked("instance_norm_1d", 3, "(C, L) or (N, C, L)", x, params, batch_stats, train=train,
+                   momentum=momentum, eps=eps, axis=axis, axis_name=axis_name, mask=mask)
+
+
+def instance_norm_2d(
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None, mask: jax.Array | None = None,
+) -> tuple[jax.Array, BatchStats]:
+    """:func:`instance_norm` for the input of PyTorch's ``InstanceNorm2d``: ``(N, C, H, W)``, or ``(C, H, W)``,
+    which is normalized as a batch of one (``axis`` refers to the batched layout).
+
+    Arguments, return value and errors as :func:`instance_norm`; also a ValueError for an input of another rank.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> params, stats = jn.instance_norm_init(3, track_running_stats=True)
+      >>> x = jnp.arange(24.0).reshape(3, 2, 4)
+      >>> y, stats = jn.instance_norm_2d(x, params, stats, train=True)
+      >>> [round(float(v), 2) for v in stats["running_mean"]], int(stats["num_batches_tracked"])   # never counts
+      ([0.35, 1.15, 1.95], 0)
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
+    """
+    return _ranked("instance_norm_2d", 4, "(C, H, W) or (N, C, H, W)", x, params, batch_stats, train=train,
+                   momentum=momentum, eps=eps, axis=axis, axis_name=axis_name, mask=mask)
+
+
+def instance_norm_3d(
+    x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+    eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None, mask: jax.Array | None = None,
+) -> tuple[jax.Array, BatchStats]:
+    """:func:`instance_norm` for the input of PyTorch's ``InstanceNorm3d``: ``(N, C, D, H, W)``, or
+    ``(C, D, H, W)``, which is normalized as a batch of one (``axis`` refers to the batched layout).
+
+    Arguments, return value and errors as :func:`instance_norm`; also a ValueError for an input of another rank.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> y, _ = jn.instance_norm_3d(jnp.ones((2, 3, 2, 2, 2)), {}, {}, train=True)
+      >>> y.shape, float(abs(y).max())                 # a constant instance normalizes to 0
+      ((2, 3, 2, 2, 2), 0.0)
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
+    """
+    return _ranked("instance_norm_3d", 5, "(C, D, H, W) or (N, C, D, H, W)", x, params, batch_stats, train=train,
+                   momentum=momentum, eps=eps, axis=axis, axis_name=axis_name, mask=mask)

@@ -28,21 +28,28 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from jaxnorm import _checks
-from jaxnorm._per_rank import per_rank
-from jaxnorm._types import PARAM_KEYS, STATS_KEYS
+from jaxnorm._types import PARAM_KEYS, STATS_KEYS, BatchNormFunction, BatchStats, InstanceNormFunction, Params
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
 from jaxnorm.frozen import FROZEN_KEYS, frozen_batch_norm
 from jaxnorm.group_norm import _check_groups, group_norm, group_norm_init
-from jaxnorm.instance_norm import instance_norm_1d, instance_norm_2d, instance_norm_3d, instance_norm_init
+from jaxnorm.instance_norm import (
+    instance_norm,
+    instance_norm_1d,
+    instance_norm_2d,
+    instance_norm_3d,
+    instance_norm_init,
+)
 from jaxnorm.layer_norm import layer_norm, layer_norm_init, rms_norm, rms_norm_init
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "GroupNorm", "RMSNorm", "FrozenBatchNorm", "freeze_batch_norm"]
 
 
-def _variable(kind: type[nnx.Variable], tree: Mapping[str, jax.Array], key: str, dtype=None):
+def _variable(kind: type[nnx.Variable[Any]], tree: Mapping[str, jax.Array], key: str,
+              dtype: DTypeLike | None = None) -> Any:
     """``kind(tree[key])`` (cast to ``dtype``), or a None data attribute when the layer has no such entry
     (``nnx.data`` lets a later assignment store a Variable there, as in ``nnx.BatchNorm``)."""
     if key not in tree:
@@ -58,15 +65,14 @@ def _values(module: nnx.Module, keys: Sequence[str]) -> dict[str, jax.Array]:
 class _Stateful(nnx.Module):
     """Shared body of BatchNorm*/InstanceNorm*: gather the Variables, call the pure function, write the stats back.
 
-    Subclasses set ``_function`` (the rank-checked pure function) and ``_init`` (its ``*_init``).
+    A family sets ``_init`` (its ``*_init``) and implements ``_normalize`` (a call of its pure function).
     """
 
-    _function = staticmethod(batch_norm)
     _init = staticmethod(batch_norm_init)
 
     def __init__(self, num_features: int, *, eps: float, momentum: float | None, affine: bool,
                  track_running_stats: bool, axis: int, axis_name: Hashable | None, use_running_average: bool,
-                 param_dtype: Any):
+                 param_dtype: DTypeLike):
         _checks.check_num_features(type(self).__name__, num_features)
         _checks.check_momentum(type(self).__name__, momentum)
         params, stats = self._init(num_features, affine=affine, track_running_stats=track_running_stats)
@@ -79,9 +85,10 @@ class _Stateful(nnx.Module):
         self.track_running_stats, self.use_running_average = track_running_stats, use_running_average
         self.axis, self.axis_name, self.param_dtype = axis, axis_name, param_dtype
 
-    def _options(self) -> dict[str, Any]:
-        """Keyword arguments of this family's pure function beyond the shared ones."""
-        return {}
+    def _normalize(self, x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool,
+                   mask: jax.Array | None) -> tuple[jax.Array, BatchStats]:
+        """``(y, new batch_stats)`` of this family's pure function with the layer's hyperparameters."""
+        raise NotImplementedError
 
     def __call__(self, x: jax.Array, *, use_running_average: bool | None = None,
                  mask: jax.Array | None = None) -> jax.Array:
@@ -105,9 +112,8 @@ class _Stateful(nnx.Module):
             raise TypeError(f"{type(self).__name__}: expected use_running_average to be a Python bool (static under "
                             f"jit), got {type(use_running_average).__name__}")
         train = not use_running_average
-        y, new_stats = self._function(x, _values(self, PARAM_KEYS), _values(self, STATS_KEYS), train=train,
-                                      momentum=self.momentum, eps=self.eps, axis=self.axis, axis_name=self.axis_name,
-                                      mask=mask, **self._options())
+        y, new_stats = self._normalize(x, _values(self, PARAM_KEYS), _values(self, STATS_KEYS), train=train,
+                                       mask=mask)
         if train:
             for key, value in new_stats.items():
                 getattr(self, key)[...] = value
@@ -127,13 +133,18 @@ class _BatchNorm(_Stateful):
     """``torch.nn.BatchNorm*d`` with jaxnorm's training-regime options; see :func:`jaxnorm.batch_norm`.
 
     ``axis_name``/``axis_index_groups``: synchronized statistics inside ``nnx.vmap``/``shard_map``;
-    ``virtual_batch_size``: Ghost BN.
+    ``virtual_batch_size``: Ghost BN. A subclass sets ``_function``, the rank-checked pure function it calls; an
+    instance may hold its own (:func:`jaxnorm.recalibrate_batch_stats` gives a traced copy's layers one that
+    reports their inputs).
     """
+
+    _function: BatchNormFunction = staticmethod(batch_norm)
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, axis: int = 1, axis_name: Hashable | None = None,
                  axis_index_groups: Sequence[Sequence[int]] | None = None, virtual_batch_size: int | None = None,
-                 use_running_average: bool = False, param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+                 use_running_average: bool = False, param_dtype: DTypeLike = jnp.float32,
+                 rngs: nnx.Rngs | None = None):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, axis=axis, axis_name=axis_name,
                          use_running_average=use_running_average, param_dtype=param_dtype)
@@ -141,39 +152,188 @@ class _BatchNorm(_Stateful):
         self.axis_index_groups = _checks.check_axis_index_groups(type(self).__name__, axis_index_groups, axis_name)
         self.virtual_batch_size = virtual_batch_size
 
-    def _options(self) -> dict[str, Any]:
-        return {"axis_index_groups": self.axis_index_groups, "virtual_batch_size": self.virtual_batch_size}
+    def _normalize(self, x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool,
+                   mask: jax.Array | None) -> tuple[jax.Array, BatchStats]:
+        return self._function(x, params, batch_stats, train=train, momentum=self.momentum, eps=self.eps,
+                              axis=self.axis, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
+                              mask=mask, virtual_batch_size=self.virtual_batch_size)
 
 
-BatchNorm1d = per_rank(_BatchNorm, batch_norm_1d, "BatchNorm1d", __name__)
-BatchNorm2d = per_rank(_BatchNorm, batch_norm_2d, "BatchNorm2d", __name__)
-BatchNorm3d = per_rank(_BatchNorm, batch_norm_3d, "BatchNorm3d", __name__)
+class BatchNorm1d(_BatchNorm):
+    """``torch.nn.BatchNorm1d(num_features, eps, momentum, affine, track_running_stats)``; calls
+    :func:`jaxnorm.batch_norm_1d`. Also ``axis`` (``-1`` for channels-last), ``axis_name`` and
+    ``axis_index_groups`` (synchronized statistics), ``virtual_batch_size`` (Ghost BN), ``use_running_average``
+    (set by ``model.train()``/``model.eval()``), ``param_dtype``.
+
+    Shape:
+      - Input: ``(N, C)`` or ``(N, C, L)``, channels on ``axis``.
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> bn = jnnx.BatchNorm1d(3)
+      >>> y = bn(jnp.arange(12.0).reshape(4, 3))          # training mode: batch statistics, BatchStats updated
+      >>> [round(float(v), 2) for v in bn.running_mean[...]], int(bn.num_batches_tracked[...])
+      ([0.45, 0.55, 0.65], 1)
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167
+    """
+
+    _function = staticmethod(batch_norm_1d)
+
+
+class BatchNorm2d(_BatchNorm):
+    """``torch.nn.BatchNorm2d(num_features, eps, momentum, affine, track_running_stats)``; calls
+    :func:`jaxnorm.batch_norm_2d`. Also ``axis`` (``-1`` for NNX's channels-last convolutions), ``axis_name``,
+    ``axis_index_groups``, ``virtual_batch_size``, ``use_running_average``, ``param_dtype`` as
+    :class:`BatchNorm1d`.
+
+    Shape:
+      - Input: ``(N, C, H, W)``, channels on ``axis``.
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxnorm.nnx as jnnx
+      >>> bn = jnnx.BatchNorm2d(3, axis=-1)
+      >>> sorted(nnx.to_pure_dict(nnx.state(bn, nnx.BatchStat)))
+      ['num_batches_tracked', 'running_mean', 'running_var']
+      >>> bn.eval()                                         # running statistics from now on
+      >>> bn(jnp.ones((2, 4, 4, 3))).shape
+      (2, 4, 4, 3)
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167
+    """
+
+    _function = staticmethod(batch_norm_2d)
+
+
+class BatchNorm3d(_BatchNorm):
+    """``torch.nn.BatchNorm3d(num_features, eps, momentum, affine, track_running_stats)``; calls
+    :func:`jaxnorm.batch_norm_3d`. Other options as :class:`BatchNorm2d`.
+
+    Shape:
+      - Input: ``(N, C, D, H, W)``, channels on ``axis``.
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> bn = jnnx.BatchNorm3d(2, affine=False)
+      >>> bn.weight is None, bn(jnp.ones((2, 2, 2, 3, 3))).shape
+      (True, (2, 2, 2, 3, 3))
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167
+    """
+
+    _function = staticmethod(batch_norm_3d)
 
 
 class _InstanceNorm(_Stateful):
     """``torch.nn.InstanceNorm*d`` (PyTorch's defaults ``affine=False``, ``track_running_stats=False``); see
-    :func:`jaxnorm.instance_norm`. Without running statistics both modes normalize per instance."""
+    :func:`jaxnorm.instance_norm`. Without running statistics both modes normalize per instance. A subclass sets
+    ``_function``, the rank-checked pure function it calls."""
 
     _init = staticmethod(instance_norm_init)
+    _function: InstanceNormFunction = staticmethod(instance_norm)
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
                  track_running_stats: bool = False, axis: int = 1, axis_name: Hashable | None = None,
-                 use_running_average: bool = False, param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+                 use_running_average: bool = False, param_dtype: DTypeLike = jnp.float32,
+                 rngs: nnx.Rngs | None = None):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, axis=axis, axis_name=axis_name,
                          use_running_average=use_running_average, param_dtype=param_dtype)
 
+    def _normalize(self, x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool,
+                   mask: jax.Array | None) -> tuple[jax.Array, BatchStats]:
+        return self._function(x, params, batch_stats, train=train, momentum=self.momentum, eps=self.eps,
+                              axis=self.axis, axis_name=self.axis_name, mask=mask)
 
-InstanceNorm1d = per_rank(_InstanceNorm, instance_norm_1d, "InstanceNorm1d", __name__)
-InstanceNorm2d = per_rank(_InstanceNorm, instance_norm_2d, "InstanceNorm2d", __name__)
-InstanceNorm3d = per_rank(_InstanceNorm, instance_norm_3d, "InstanceNorm3d", __name__)
+
+class InstanceNorm1d(_InstanceNorm):
+    """``torch.nn.InstanceNorm1d(num_features, eps, momentum, affine=False, track_running_stats=False)``; calls
+    :func:`jaxnorm.instance_norm_1d`. Also ``axis`` (of the batched layout), ``axis_name`` (averages the
+    running-statistics update over a mapped axis), ``use_running_average``, ``param_dtype``.
+
+    Shape:
+      - Input: ``(N, C, L)`` or ``(C, L)`` (one instance).
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> inorm = jnnx.InstanceNorm1d(2)
+      >>> [round(float(v), 3) for v in inorm(jnp.arange(12.0).reshape(2, 2, 3))[0, 0]]
+      [-1.225, 0.0, 1.225]
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
+    """
+
+    _function = staticmethod(instance_norm_1d)
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """``torch.nn.InstanceNorm2d(num_features, eps, momentum, affine=False, track_running_stats=False)``; calls
+    :func:`jaxnorm.instance_norm_2d`. Other options as :class:`InstanceNorm1d`.
+
+    Shape:
+      - Input: ``(N, C, H, W)`` or ``(C, H, W)`` (one instance).
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> inorm = jnnx.InstanceNorm2d(3, affine=True, track_running_stats=True)
+      >>> y = inorm(jnp.arange(24.0).reshape(3, 2, 4))     # training mode updates the running statistics
+      >>> [round(float(v), 2) for v in inorm.running_mean[...]]
+      [0.35, 1.15, 1.95]
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
+    """
+
+    _function = staticmethod(instance_norm_2d)
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """``torch.nn.InstanceNorm3d(num_features, eps, momentum, affine=False, track_running_stats=False)``; calls
+    :func:`jaxnorm.instance_norm_3d`. Other options as :class:`InstanceNorm1d`.
+
+    Shape:
+      - Input: ``(N, C, D, H, W)`` or ``(C, D, H, W)`` (one instance).
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> jnnx.InstanceNorm3d(2)(jnp.arange(16.0).reshape(2, 2, 2, 2)).shape
+      (2, 2, 2, 2)
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
+    """
+
+    _function = staticmethod(instance_norm_3d)
 
 
 class LayerNorm(nnx.Module):
     """``torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)``; see :func:`jaxnorm.layer_norm`."""
 
     def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-5, elementwise_affine: bool = True,
-                 bias: bool = True, param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+                 bias: bool = True, param_dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs | None = None):
         self.normalized_shape = _checks.normalized_shape_tuple(type(self).__name__, normalized_shape)
         params = layer_norm_init(self.normalized_shape, elementwise_affine=elementwise_affine, bias=bias,
                                  dtype=param_dtype)
@@ -192,7 +352,7 @@ class RMSNorm(nnx.Module):
     """``torch.nn.RMSNorm(normalized_shape, eps=None, elementwise_affine)``; see :func:`jaxnorm.rms_norm`."""
 
     def __init__(self, normalized_shape: int | Sequence[int], *, eps: float | None = None,
-                 elementwise_affine: bool = True, param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+                 elementwise_affine: bool = True, param_dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs | None = None):
         self.normalized_shape = _checks.normalized_shape_tuple(type(self).__name__, normalized_shape)
         params = rms_norm_init(self.normalized_shape, elementwise_affine=elementwise_affine, dtype=param_dtype)
         self.weight = _variable(nnx.Param, params, "weight")
@@ -209,7 +369,7 @@ class GroupNorm(nnx.Module):
     """``torch.nn.GroupNorm(num_groups, num_channels, eps, affine)``; ``axis=-1`` for channels-last."""
 
     def __init__(self, num_groups: int, num_channels: int, *, eps: float = 1e-5, affine: bool = True, axis: int = 1,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+                 param_dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs | None = None):
         _check_groups(type(self).__name__, num_groups, num_channels)
         params = group_norm_init(num_groups, num_channels, affine=affine, dtype=param_dtype)
         self.weight = _variable(nnx.Param, params, "weight")
