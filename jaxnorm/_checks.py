@@ -6,28 +6,30 @@ All checks look only at static information (shapes, dtypes, dict keys), so they 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm._types import PARAM_KEYS, STATS_KEYS
 
 
-def check_floating(name: str, x) -> None:
+def check_floating(name: str, x: jax.Array) -> None:
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{name}: expected a floating-point input (float16/bfloat16/float32/float64), got dtype "
                         f"{dtype}")
 
 
-def check_rank(name: str, x, allowed: Sequence[int], layout: str) -> None:
+def check_rank(name: str, x: jax.Array, allowed: Sequence[int], layout: str) -> None:
     if x.ndim not in allowed:
         want = " or ".join(f"{r}-D" for r in allowed)
         raise ValueError(f"{name}: expected {want} input {layout}, got {x.ndim}-D input with shape {tuple(x.shape)}")
 
 
-def channel_axis(name: str, x, axis: int) -> int:
+def channel_axis(name: str, x: jax.Array, axis: int) -> int:
     """Normalize a possibly negative channel axis; the batch axis 0 cannot be the channel axis."""
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise TypeError(f"{name}: expected an int channel axis, got {axis!r}")
@@ -41,7 +43,7 @@ def channel_axis(name: str, x, axis: int) -> int:
     return axis
 
 
-def check_num_features(name: str, num_features, what: str = "num_features") -> int:
+def check_num_features(name: str, num_features: object, what: str = "num_features") -> int:
     if not isinstance(num_features, (int, np.integer)) or isinstance(num_features, bool):
         raise TypeError(f"{name}: expected an int {what}, got {num_features!r}")
     if num_features < 1:
@@ -49,7 +51,7 @@ def check_num_features(name: str, num_features, what: str = "num_features") -> i
     return int(num_features)
 
 
-def normalized_shape_tuple(name: str, normalized_shape) -> tuple[int, ...]:
+def normalized_shape_tuple(name: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
     if not shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
         raise ValueError(f"{name}: expected normalized_shape to be a positive int or a non-empty tuple of them, "
@@ -57,7 +59,8 @@ def normalized_shape_tuple(name: str, normalized_shape) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def check_keys(name: str, what: str, tree: Mapping, allowed: Sequence[str], required: Sequence[str] = ()) -> None:
+def check_keys(name: str, what: str, tree: Mapping[str, Any], allowed: Sequence[str],
+               required: Sequence[str] = ()) -> None:
     if not isinstance(tree, Mapping):
         raise TypeError(f"{name}: expected {what} to be a dict, got {type(tree).__name__}")
     keys = set(tree)
@@ -69,7 +72,8 @@ def check_keys(name: str, what: str, tree: Mapping, allowed: Sequence[str], requ
                          + (f" (unexpected {sorted(extra)})" if extra else ""))
 
 
-def check_params(name: str, params: Mapping, shape: tuple[int, ...], *, allow_bias_only: bool = False) -> None:
+def check_params(name: str, params: Mapping[str, Any], shape: tuple[int, ...], *,
+                 allow_bias_only: bool = False) -> None:
     """params is {} or {"weight"[, "bias"]} (LayerNorm may omit bias); every entry must have ``shape``."""
     check_keys(name, "params", params, PARAM_KEYS)
     if "bias" in params and "weight" not in params and not allow_bias_only:
@@ -80,7 +84,7 @@ def check_params(name: str, params: Mapping, shape: tuple[int, ...], *, allow_bi
             raise ValueError(f"{name}: params['{key}'] has shape {got}, expected {shape} to match the input")
 
 
-def check_batch_stats(name: str, batch_stats: Mapping, num_channels: int) -> None:
+def check_batch_stats(name: str, batch_stats: Mapping[str, Any], num_channels: int) -> None:
     """batch_stats is {} (no running statistics) or exactly the three PyTorch buffers with (C,) / () shapes."""
     if not isinstance(batch_stats, Mapping):
         raise TypeError(f"{name}: expected batch_stats to be a dict, got {type(batch_stats).__name__}")
@@ -97,18 +101,18 @@ def check_batch_stats(name: str, batch_stats: Mapping, num_channels: int) -> Non
         raise ValueError(f"{name}: batch_stats['num_batches_tracked'] must be a scalar, got shape {got}")
 
 
-def check_momentum(name: str, momentum) -> None:
-    number = isinstance(momentum, (int, float, np.integer, np.floating))
-    if momentum is not None and not (number and 0.0 <= momentum <= 1.0):
+def check_momentum(name: str, momentum: object) -> None:
+    if momentum is not None and not (isinstance(momentum, (int, float, np.integer, np.floating))
+                                     and 0.0 <= momentum <= 1.0):
         raise ValueError(f"{name}: expected momentum in [0, 1] or None, got {momentum!r}")
 
 
-def check_train(name: str, train) -> None:
+def check_train(name: str, train: object) -> None:
     if not isinstance(train, bool):
         raise TypeError(f"{name}: expected train to be a Python bool (static under jit), got {type(train).__name__}")
 
 
-def check_mask(name: str, mask, x):
+def check_mask(name: str, mask: jax.Array | None, x: jax.Array) -> jax.Array | None:
     """None, or a boolean array broadcastable to ``x`` (True = valid), returned with ``x``'s rank (leading 1s)."""
     if mask is None:
         return None
@@ -125,7 +129,8 @@ def check_mask(name: str, mask, x):
     return jnp.reshape(mask, (1,) * (x.ndim - len(shape)) + shape)
 
 
-def check_axis_index_groups(name: str, groups, axis_name) -> tuple[tuple[int, ...], ...] | None:
+def check_axis_index_groups(name: str, groups: Sequence[Sequence[int]] | None,
+                            axis_name: Hashable | None) -> tuple[tuple[int, ...], ...] | None:
     """None, or the groups as a tuple of tuples of ints (their partition of the axis is checked in the core)."""
     if groups is None:
         return None
@@ -141,7 +146,7 @@ def check_axis_index_groups(name: str, groups, axis_name) -> tuple[tuple[int, ..
     return out
 
 
-def check_virtual_batch_size(name: str, size, batch: int) -> int | None:
+def check_virtual_batch_size(name: str, size: object, batch: int) -> int | None:
     if size is None:
         return None
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:

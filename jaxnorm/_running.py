@@ -25,7 +25,7 @@ from jaxnorm._types import COUNTER, BatchStats
 MIN_VALUES = 2  # values per channel needed to estimate a variance
 
 
-def unbiased(var: jax.Array, count) -> jax.Array:
+def unbiased(var: jax.Array, count: jax.Array) -> jax.Array:
     """Bessel's correction ``var · n / (n − 1)`` (``n = 1`` gives ``var``, which is 0 there)."""
     return var * (count / jnp.maximum(count - 1.0, 1.0))
 
@@ -47,13 +47,15 @@ def update(batch_stats: BatchStats, mean: jax.Array, unbiased_var: jax.Array, mo
     return {"running_mean": new_mean, "running_var": new_var, COUNTER: tracked}
 
 
-def from_batch(batch_stats: BatchStats, mean, var, count, momentum: float | None, *, masked: bool) -> BatchStats:
+def from_batch(batch_stats: BatchStats, mean: jax.Array, var: jax.Array, count: jax.Array, momentum: float | None, *,
+               masked: bool) -> BatchStats:
     """BatchNorm's update from one batch's per-channel ``mean``, biased ``var`` and ``count`` (all (C,) or scalar)."""
     valid = count >= MIN_VALUES if masked else None
     return update(batch_stats, mean, unbiased(var, count), momentum, valid=valid)
 
 
-def average_of_groups(mean, var, count, axes: tuple[int, ...], channels: int, *, masked: bool,
+def average_of_groups(mean: jax.Array, var: jax.Array, count: jax.Array, axes: tuple[int, ...], channels: int, *,
+                      masked: bool,
                       axis_name: Hashable | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """Per-channel average of several groups' statistics (InstanceNorm's instances, Ghost BN's virtual batches):
     ``(mean of means, mean of unbiased variances, valid)``, over ``axes`` and the named mapped axis.

@@ -10,6 +10,7 @@ from collections.abc import Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxnorm import _checks, _running, _stats
 from jaxnorm._types import BatchStats, Params, channel_shape
@@ -19,7 +20,7 @@ Clips = tuple[jax.Array, jax.Array]  # Batch Renormalization's (r_max, d_max)
 
 
 def batch_norm_init(
-    num_features: int, *, affine: bool = True, track_running_stats: bool = True, dtype=jnp.float32
+    num_features: int, *, affine: bool = True, track_running_stats: bool = True, dtype: DTypeLike = jnp.float32
 ) -> tuple[Params, BatchStats]:
     """Initial ``(params, batch_stats)`` as PyTorch creates them.
 

@@ -34,7 +34,7 @@ from jaxnorm._types import BatchStats, Params
 from jaxnorm.batch_norm import _batch_norm
 
 
-def _check_clip(name: str, value, minimum: float, what: str) -> jax.Array:
+def _check_clip(name: str, value: float | jax.Array, minimum: float, what: str) -> jax.Array:
     if isinstance(value, (int, float, np.integer, np.floating)) and not value >= minimum:
         raise ValueError(f"batch_renorm: expected {what} >= {minimum}, got {name}={value!r}")
     return jnp.asarray(value, jnp.float32)
@@ -68,7 +68,7 @@ def batch_renorm(
                        axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask, renorm=clips)
 
 
-def renorm_clip_schedule(step, *, r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 5000,
+def renorm_clip_schedule(step: int | jax.Array, *, r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 5000,
                          r_max_steps: int = 40000, d_max_steps: int = 25000) -> tuple[jax.Array, jax.Array]:
     """``(r_max, d_max)`` at training ``step``: the paper's relaxation from plain BN to full renormalization.
 
@@ -76,9 +76,10 @@ def renorm_clip_schedule(step, *, r_max: float = 3.0, d_max: float = 5.0, warmup
     settle; then ``r_max`` rises linearly to its final value at ``r_max_steps`` and ``d_max`` at ``d_max_steps``
     (Ioffe 2017, §4: 5k, 40k and 25k steps for r_max = 3, d_max = 5). Jit-compatible: ``step`` may be traced.
     """
-    step = jnp.asarray(step, jnp.float32)
+    t = jnp.asarray(step, jnp.float32)
 
-    def ramp(start, end, final):  # the step counts may be traced too
-        return jnp.clip((step - start) / jnp.maximum(end - start, 1), 0.0, 1.0) * final
+    def ramp(start: int | jax.Array, end: int | jax.Array, final: float) -> jax.Array:  # the counts may be traced
+        start_f, end_f = jnp.asarray(start, jnp.float32), jnp.asarray(end, jnp.float32)
+        return jnp.clip((t - start_f) / jnp.maximum(end_f - start_f, 1.0), 0.0, 1.0) * final
 
     return 1.0 + ramp(warmup_steps, r_max_steps, r_max - 1.0), ramp(warmup_steps, d_max_steps, d_max)

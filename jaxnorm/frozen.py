@@ -71,7 +71,7 @@ def _freeze_layer(params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[s
             "running_mean": stats["running_mean"], "running_var": stats["running_var"]}
 
 
-def _freeze_tree(params: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[dict, dict, int]:
+def _freeze_tree(params: Mapping[str, Any], stats: Any) -> tuple[Any, Any, int]:
     """``(params without the frozen layers', their batch_stats, number of layers frozen)`` of one subtree."""
     if not isinstance(stats, Mapping):
         return params, stats, 0

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxnorm import _checks, _stats
 from jaxnorm._types import Params
 from jaxnorm.batch_norm import split_axis
 
 
-def group_norm_init(num_groups: int, num_channels: int, *, affine: bool = True, dtype=jnp.float32) -> Params:
+def group_norm_init(num_groups: int, num_channels: int, *, affine: bool = True,
+                    dtype: DTypeLike = jnp.float32) -> Params:
     """``{"weight": ones(C), "bias": zeros(C)}`` (``{}`` when ``affine=False``); checks ``C % num_groups == 0``."""
     _check_groups("group_norm_init", num_groups, num_channels)
     return {"weight": jnp.ones((num_channels,), dtype), "bias": jnp.zeros((num_channels,), dtype)} if affine else {}
 
 
-def _check_groups(name: str, num_groups, num_channels) -> None:
+def _check_groups(name: str, num_groups: int, num_channels: int) -> None:
     _checks.check_num_features(name, num_groups, "num_groups")
     _checks.check_num_features(name, num_channels, "num_channels")
     if num_channels % num_groups:
@@ -68,6 +70,6 @@ def group_norm(
         # Per-channel parameters, split the same way as the channels: (..., G, C/G, ...).
         param_shape = tuple(grouped.shape[a] if a in (axis, axis + 1) else 1 for a in range(grouped.ndim))
         grouped_mask = None if mask is None else split_axis(mask, axis, sizes)
-        y, _, _, _ = _stats.normalize(grouped, *_stats.broadcast_params(params, param_shape),
-                                      _stats.Spec(reduce_axes, eps), mask=grouped_mask)
+        y: jax.Array = _stats.normalize(grouped, *_stats.broadcast_params(params, param_shape),
+                                        _stats.Spec(reduce_axes, eps), mask=grouped_mask)[0]
         return y.reshape(x.shape).astype(x.dtype)

@@ -8,12 +8,21 @@ stores them — Dense ``(in, out)``, Conv ``(*kernel, in, out)``; ``layout="torc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
-Initializer = Callable[..., jax.Array]
+Shape = Sequence[int]
+
+
+class Initializer(Protocol):
+    """Flax's initializer signature: ``init(key, shape, dtype=float32) -> array``."""
+
+    def __call__(self, key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32, /) -> jax.Array: ...
+
 
 _LAYOUTS = ("flax", "torch")
 
@@ -51,14 +60,14 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
                      "leaky_relu, selu")
 
 
-def _uniform(key, shape, dtype, bound):
+def _uniform(key: jax.Array, shape: Shape, dtype: DTypeLike, bound: float) -> jax.Array:
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def kaiming_uniform(a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
                     layout: str = "flax") -> Initializer:
     r"""``torch.nn.init.kaiming_uniform_``: ``U(−b, b)``, ``b = gain · √(3 / fan_mode)``."""
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         fan = _fan(shape, mode, layout)
         return _uniform(key, shape, dtype, calculate_gain(nonlinearity, a) * math.sqrt(3.0 / fan))
     return init
@@ -70,7 +79,7 @@ def kaiming_normal(a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "le
 
     PyTorch's default ``nonlinearity="leaky_relu"`` with ``a=0`` gives gain √2, the ReLU gain.
     """
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(shape, mode, layout))
         return std * jax.random.normal(key, shape, dtype)
     return init
@@ -78,7 +87,7 @@ def kaiming_normal(a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "le
 
 def xavier_normal(gain: float = 1.0, layout: str = "flax") -> Initializer:
     r"""``torch.nn.init.xavier_normal_``: ``N(0, std²)``, ``std = gain · √(2 / (fan_in + fan_out))``."""
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         fan_in, fan_out = fans(shape, layout)
         return gain * math.sqrt(2.0 / (fan_in + fan_out)) * jax.random.normal(key, shape, dtype)
     return init
@@ -86,7 +95,7 @@ def xavier_normal(gain: float = 1.0, layout: str = "flax") -> Initializer:
 
 def xavier_uniform(gain: float = 1.0, layout: str = "flax") -> Initializer:
     r"""``torch.nn.init.xavier_uniform_``: ``U(−b, b)``, ``b = gain · √(6 / (fan_in + fan_out))``."""
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         fan_in, fan_out = fans(shape, layout)
         return _uniform(key, shape, dtype, gain * math.sqrt(6.0 / (fan_in + fan_out)))
     return init
@@ -94,7 +103,7 @@ def xavier_uniform(gain: float = 1.0, layout: str = "flax") -> Initializer:
 
 def normal(mean: float = 0.0, std: float = 1.0) -> Initializer:
     """``torch.nn.init.normal_``: ``N(mean, std²)``."""
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         return mean + std * jax.random.normal(key, shape, dtype)
     return init
 
@@ -108,12 +117,12 @@ def torch_default_bias(fan_in: int) -> Initializer:
     r"""The default ``nn.Linear``/``nn.Conv*`` bias init: ``U(±1/√fan_in)`` (zeros when ``fan_in = 0``)."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
 
-    def init(key, shape, dtype=jnp.float32):
+    def init(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         return _uniform(key, shape, dtype, bound)
     return init
 
 
-def _fan(shape, mode: str, layout: str) -> int:
+def _fan(shape: Shape, mode: str, layout: str) -> int:
     if mode not in ("fan_in", "fan_out"):
         raise ValueError(f"fans: expected mode 'fan_in' or 'fan_out', got {mode!r}")
     fan_in, fan_out = fans(shape, layout)

@@ -18,8 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from jaxnorm._types import COUNTER, PARAM_KEYS, STATS_KEYS
+from jaxnorm._types import COUNTER, PARAM_KEYS, STATS_KEYS, BatchStats, Params
 
 __all__ = [
     "fold_batch_norm",
@@ -74,7 +75,7 @@ def _layer_prefixes(state_dict: Mapping[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tuple[dict, dict]:
+def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tuple[Params, BatchStats]:
     """One PyTorch normalization layer's state dict as jaxnorm ``(params, batch_stats)``.
 
     Works for ``BatchNorm1d/2d/3d``, ``InstanceNorm*`` (with ``affine`` / ``track_running_stats``),
@@ -156,8 +157,9 @@ def to_torch_state_dict(params: Mapping[str, Any], batch_stats: Mapping[str, Any
 # --------------------------------------------------------------------------------------------
 
 
-def fold_batch_norm(kernel, bias, params: Mapping[str, Any], batch_stats: Mapping[str, Any], *, eps: float = 1e-5,
-                    out_axis: int = -1):
+def fold_batch_norm(kernel: ArrayLike, bias: ArrayLike | None, params: Mapping[str, ArrayLike],
+                    batch_stats: Mapping[str, ArrayLike], *, eps: float = 1e-5,
+                    out_axis: int = -1) -> tuple[jax.Array, jax.Array]:
     r"""Fold an eval-mode BatchNorm into the dense/conv layer that feeds it.
 
     For ``z = W * x + b`` followed by eval-mode BN with running statistics :math:`\mu, \sigma^2`,
@@ -204,7 +206,8 @@ def fold_batch_norm(kernel, bias, params: Mapping[str, Any], batch_stats: Mappin
     return new_kernel, new_bias
 
 
-def _fold_operands(kernel, bias, params, batch_stats, out_axis: int) -> dict[str, jax.Array]:
+def _fold_operands(kernel: jax.Array, bias: ArrayLike | None, params: Mapping[str, ArrayLike],
+                   batch_stats: Mapping[str, ArrayLike], out_axis: int) -> dict[str, jax.Array]:
     """The per-channel vectors :func:`fold_batch_norm` needs, by name, each checked to be ``(channels,)``."""
     if not -kernel.ndim <= out_axis < kernel.ndim:
         raise ValueError(f"fold_batch_norm: expected out_axis in [{-kernel.ndim}, {kernel.ndim}) for a kernel of shape "
@@ -378,7 +381,7 @@ def _check_keys(state_dict: Mapping[str, Any], used: set[str], missing: list[str
         raise ValueError(f"{where}state dict does not match the {target}: " + "; ".join(problems))
 
 
-def _as_template_leaf(value: np.ndarray, leaf, key: str, col: str, path: tuple[str, ...]) -> jax.Array:
+def _as_template_leaf(value: np.ndarray, leaf: Any, key: str, col: str, path: tuple[str, ...]) -> jax.Array:
     """A state-dict tensor in the Flax layout, shape and dtype of the template's ``leaf`` (a copy: see _to_numpy)."""
     shape, dtype = tuple(np.shape(leaf)), getattr(leaf, "dtype", np.asarray(leaf).dtype)
     perm = _leaf_perm(path, len(shape), "torch_to_flax_variables")

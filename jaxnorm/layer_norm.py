@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxnorm import _checks, _stats
 from jaxnorm._types import Params
 
 
 def layer_norm_init(
-    normalized_shape: int | tuple[int, ...], *, elementwise_affine: bool = True, bias: bool = True, dtype=jnp.float32
+    normalized_shape: int | tuple[int, ...], *, elementwise_affine: bool = True, bias: bool = True,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """``{"weight": ones(shape), "bias": zeros(shape)}``; no ``bias`` when ``bias=False``; ``{}`` when
     ``elementwise_affine=False`` (PyTorch's defaults and names)."""
@@ -26,7 +28,8 @@ def layer_norm_init(
     return params
 
 
-def _trailing(name: str, x: jax.Array, params, normalized_shape, mask):
+def _trailing(name: str, x: jax.Array, params: Params, normalized_shape: int | tuple[int, ...],
+              mask: jax.Array | None) -> tuple[tuple[int, ...], tuple[int, ...], jax.Array | None]:
     """Checks; returns ``(reduce axes, parameter broadcast shape, mask)``."""
     _checks.check_floating(name, x)
     shape = _checks.normalized_shape_tuple(name, normalized_shape)
@@ -63,12 +66,13 @@ def layer_norm(
     """
     axes, shape, mask = _trailing("layer_norm", x, params, normalized_shape, mask)
     with jax.named_scope("layer_norm"):  # the layer's operations carry its name in profiles and HLO dumps
-        y, _, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps), mask=mask)
+        y: jax.Array = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps),
+                                        mask=mask)[0]
         return y.astype(x.dtype)
 
 
 def rms_norm_init(
-    normalized_shape: int | tuple[int, ...], *, elementwise_affine: bool = True, dtype=jnp.float32
+    normalized_shape: int | tuple[int, ...], *, elementwise_affine: bool = True, dtype: DTypeLike = jnp.float32
 ) -> Params:
     """``{"weight": ones(normalized_shape)}``, or ``{}`` when ``elementwise_affine=False``."""
     shape = _checks.normalized_shape_tuple("rms_norm_init", normalized_shape)
@@ -100,6 +104,6 @@ def rms_norm(
         raise ValueError(f"rms_norm: params has keys {sorted(params)}; expected only 'weight' (RMSNorm has no bias)")
     eps = float(jnp.finfo(x.dtype).eps) if eps is None else eps
     with jax.named_scope("rms_norm"):
-        y, _, _, _ = _stats.normalize(x, *_stats.broadcast_params(params, shape), _stats.Spec(axes, eps, center=False),
-                                      mask=mask)
+        y: jax.Array = _stats.normalize(x, *_stats.broadcast_params(params, shape),
+                                        _stats.Spec(axes, eps, center=False), mask=mask)[0]
         return y.astype(x.dtype)

@@ -467,6 +467,17 @@ def _frozen(layer: _Stateful) -> FrozenBatchNorm:
     return FrozenBatchNorm(weight, bias, mean, layer.running_var[...], eps=layer.eps, axis=layer.axis)
 
 
+def _replace_at(model: nnx.Module, path: tuple[Any, ...], new: nnx.Module) -> None:
+    """Put ``new`` where ``path`` leads in ``model``: attribute names, and indices into ``nnx.List``s."""
+    parent: Any = model
+    for key in path[:-1]:
+        parent = parent[key] if isinstance(key, int) else getattr(parent, str(key))
+    if isinstance(path[-1], int):
+        parent[path[-1]] = new
+    else:
+        setattr(parent, str(path[-1]), new)
+
+
 def freeze_batch_norm(model: nnx.Module) -> nnx.Module:
     """Replace, in place, every layer of ``model`` that has running statistics (jaxnorm's ``BatchNorm*d``, and
     ``InstanceNorm*d`` with ``track_running_stats=True``) by a :class:`FrozenBatchNorm` built from it.
@@ -480,14 +491,7 @@ def freeze_batch_norm(model: nnx.Module) -> nnx.Module:
     replaced = 0
     for path, module in list(nnx.iter_modules(model)):
         if isinstance(module, _Stateful) and module.track_running_stats and path:
-            parent = model
-            for name in path[:-1]:
-                parent = parent[name] if isinstance(name, int) else getattr(parent, name)
-            frozen = _frozen(module)
-            if isinstance(path[-1], int):
-                parent[path[-1]] = frozen
-            else:
-                setattr(parent, path[-1], frozen)
+            _replace_at(model, path, _frozen(module))
             replaced += 1
     if not replaced:
         raise ValueError(f"freeze_batch_norm: found no layer with running statistics in {type(model).__name__}")

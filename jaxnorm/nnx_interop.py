@@ -38,8 +38,8 @@ def _variables(model: nnx.Module, name: str) -> Iterator[tuple[tuple[str, ...], 
     if not isinstance(model, nnx.Module):
         raise TypeError(f"{name}: expected a flax.nnx.Module, got {type(model).__name__}")
     seen: dict[str, str] = {}
-    for path, variable in nnx.to_flat_state(nnx.state(model, _EXPORTED)):
-        path = tuple(str(name) for name in path)
+    for keys, variable in nnx.to_flat_state(nnx.state(model, _EXPORTED)):
+        path = tuple(str(k) for k in keys)  # attribute names, and list indices as strings
         key = _torch_key(path)
         if key in seen:
             raise ValueError(f"{name}: two NNX Variables map to the PyTorch key {key!r}: {seen[key]} and "
@@ -136,6 +136,6 @@ def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bo
             value = value.transpose(np.argsort(perm))
         loads.append((variable, jnp.array(value, dtype=current.dtype)))  # a copy: see interop._to_numpy
     _check_keys(state_dict, used, missing, strict, "model", name=name)
-    for variable, value in loads:
-        variable.set_value(value)
+    for variable, array in loads:
+        variable.set_value(array)
     return model
