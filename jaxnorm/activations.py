@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxnorm.nnx import _intercept_calls
+from jaxnorm._observe import observe_returns
 
 __all__ = ["LayerStats", "ActivationStats", "activation_stats", "format_table"]
 
@@ -66,7 +66,7 @@ class ActivationStats:
         for row in self.layers:
             if row.path == path:
                 return row
-        raise KeyError(f"no layer {path!r}; layers: {[row.path for row in self.layers]}")
+        raise KeyError(f"ActivationStats: no layer {path!r}; layers: {[row.path for row in self.layers]}")
 
 
 def _row(path: str, value: Any) -> LayerStats:
@@ -117,7 +117,8 @@ def _stats(order: Sequence[str], outputs: Mapping[str, Sequence[Any]]) -> Activa
     return ActivationStats(layers=tuple(rows), first_nonfinite=first)
 
 
-def _linen_activation_stats(model: nn.Module, variables: Mapping[str, Any], x: Any, **apply_kwargs) -> ActivationStats:
+def _linen_activation_stats(model: nn.Module, variables: Mapping[str, Any], x: Any,
+                            **apply_kwargs: Any) -> ActivationStats:
     mutable = apply_kwargs.pop("mutable", False)
     if mutable is not True:  # keep the caller's mutable collections, add what capturing needs
         extra = [mutable] if isinstance(mutable, str) else list(mutable or [])
@@ -126,7 +127,8 @@ def _linen_activation_stats(model: nn.Module, variables: Mapping[str, Any], x: A
 
     order: list[tuple[str, ...]] = []
 
-    def record(next_fun, args, kwargs, context):
+    def record(next_fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               context: nn.module.InterceptorContext) -> Any:
         out = next_fun(*args, **kwargs)
         if context.method_name == "__call__" and tuple(context.module.path) not in order:
             order.append(tuple(context.module.path))  # call-completion order: inner modules first
@@ -139,17 +141,18 @@ def _linen_activation_stats(model: nn.Module, variables: Mapping[str, Any], x: A
     return _stats(list(names.values()), {names[path]: _captured(intermediates, path) for path in order})
 
 
-def _nnx_activation_stats(model: nnx.Module, *args: Any, **call_kwargs) -> ActivationStats:
+def _nnx_activation_stats(model: nnx.Module, *args: Any, **call_kwargs: Any) -> ActivationStats:
+    """Every module call of an NNX model, observed as it returns (:mod:`jaxnorm._observe`: NNX has no method
+    interceptor, and nothing is patched instead), on a copy of the model."""
     copy = nnx.clone(model)  # a training-mode call updates BatchStats and RNG state in place: not the caller's
+    modules = {id(m): m for _, m in nnx.iter_modules(copy)}
     names = {id(m): ".".join(map(str, path)) or ROOT for path, m in nnx.iter_modules(copy)}
     outputs: dict[str, list[Any]] = {}
 
-    def record(next_fun, module, args, kwargs):
-        out = next_fun(*args, **kwargs)
+    def record(module: nnx.Module, out: Any) -> None:
         outputs.setdefault(names[id(module)], []).append(out)  # dict order = first completion: inner modules first
-        return out
 
-    with _intercept_calls({type(m) for _, m in nnx.iter_modules(copy)}, record):
+    with observe_returns("activation_stats", modules, record):
         copy(*args, **call_kwargs)
     return _stats(list(outputs), outputs)
 
@@ -186,13 +189,13 @@ def activation_stats(model: nn.Module | nnx.Module, *args: Any, **kwargs: Any) -
         return _nnx_activation_stats(model, *args, **kwargs)
     if isinstance(model, nn.Module):
         return _linen_activation_stats(model, *args, **kwargs)
-    raise TypeError(f"expected a flax.linen or flax.nnx Module, got {type(model).__name__}")
+    raise TypeError(f"activation_stats: expected a flax.linen or flax.nnx Module, got {type(model).__name__}")
 
 
 def format_table(stats: ActivationStats) -> str:
     """A plain-text table of :func:`activation_stats` rows, with the first non-finite layer marked."""
     if not isinstance(stats, ActivationStats):
-        raise TypeError(f"expected ActivationStats (from activation_stats), got {type(stats).__name__}")
+        raise TypeError(f"format_table: expected ActivationStats (from activation_stats), got {type(stats).__name__}")
     header = ("layer", "shape", "mean", "std", "zeros", "max|x|", "finite")
     lines = [
         (row.path, "x".join(map(str, row.shape)) or "()", f"{row.mean:.4g}", f"{row.std:.4g}",

@@ -20,9 +20,7 @@ like every other NNX layer; it is not used.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -384,59 +382,6 @@ class GroupNorm(nnx.Module):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """``y`` of :func:`jaxnorm.group_norm` (``mask``: True = valid)."""
         return group_norm(x, _values(self, PARAM_KEYS), self.num_groups, eps=self.eps, axis=self.axis, mask=mask)
-
-
-# --------------------------------------------------------------------------------------------
-# Intercepting module calls (for jaxnorm.recalibrate and jaxnorm.activations)
-# --------------------------------------------------------------------------------------------
-
-_Interceptor = Callable[[Callable[..., Any], nnx.Module, tuple, dict], Any]
-
-
-@contextlib.contextmanager
-def _intercept_calls(classes: Iterable[type[nnx.Module]], interceptor: _Interceptor) -> Iterator[None]:
-    """While active, calling an instance of one of ``classes`` runs ``interceptor(next_fun, module, args, kwargs)``,
-    where ``next_fun(*args, **kwargs)`` is the module's own ``__call__``.
-
-    NNX has no method interceptors (linen's ``nn.intercept_methods``), so ``__call__`` is replaced on the classes
-    for the duration, as ``nnx.capture`` does; this is process-global, so do not call the same classes from another
-    thread meanwhile. A call nested in an intercepted call of the *same* instance (``super().__call__`` reaching a
-    patched base class) is not intercepted again. Under ``jit`` the interception happens while tracing.
-    """
-    # Resolved through the MRO before any class is patched (``cls.__call__`` would find the metaclass's
-    # constructor on a class without one); classes whose instances are not callable are left alone.
-    originals = {}
-    for cls in dict.fromkeys(classes):
-        owner = next((base for base in cls.__mro__ if "__call__" in vars(base)), None)
-        if owner is not None:
-            originals[cls] = vars(owner)["__call__"]
-    owned = {cls: "__call__" in vars(cls) for cls in originals}
-    active: set[int] = set()
-
-    def patched(original):
-        @functools.wraps(original)
-        def call(module, *args, **kwargs):
-            if id(module) in active:
-                return original(module, *args, **kwargs)
-            active.add(id(module))
-            try:
-                return interceptor(functools.partial(original, module), module, args, kwargs)
-            finally:
-                active.discard(id(module))
-        return call
-
-    done = []
-    try:
-        for cls, original in originals.items():
-            cls.__call__ = patched(original)
-            done.append(cls)
-        yield
-    finally:
-        for cls in done:
-            if owned[cls]:
-                cls.__call__ = originals[cls]
-            else:
-                del cls.__call__
 
 
 class FrozenBatchNorm(nnx.Module):

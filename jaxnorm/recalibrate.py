@@ -5,13 +5,38 @@ while the weights were still changing. Recalibrating with the final weights (PyT
 ``torch.optim.swa_utils.update_bn``; "precise BN" in Wu & Johnson, 2021) replaces them by exact averages
 over a set of batches. Works on Flax linen models (``jaxnorm.linen`` BatchNorm layers) and on Flax NNX models
 (``jaxnorm.nnx`` BatchNorm layers).
+
+How the layers are reached, without changing any class: every batch runs through the model under ``jax.jit``,
+and each BN layer reports its input to an accumulator (one per layer, passed through the jitted step). Linen:
+Flax's own method interceptor (``nn.intercept_methods``) sees the layers' calls. NNX has no interceptor, so the
+forward pass runs on a traced copy of the model (``nnx.merge``) whose BN layers are given, as an *instance*
+attribute, a pure function that runs the layer's own in training mode and reports the input; the model itself
+and every class are untouched. PyTorch's ``update_bn`` instead resets the layers' statistics, sets
+``momentum=None`` on them and runs the batches: that is exactly the ``"mean"`` estimator's accumulator (the pure
+function's cumulative average), but ``"population"`` needs each batch's per-channel count, which only the layer's
+input tells.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxnorm as jn
+  >>> import jaxnorm.nnx as jnnx
+  >>> bn = jnnx.BatchNorm1d(2)
+  >>> batches = [jnp.array([[0.0, 1.0], [2.0, 3.0]]), jnp.array([[4.0, 5.0], [6.0, 7.0]])]
+  >>> _ = jn.recalibrate_batch_stats(bn, batches)           # NNX: in place
+  >>> [float(v) for v in bn.running_mean[...]], [float(v) for v in bn.running_var[...]]
+  ([3.0, 4.0], [2.0, 2.0])
+
+References:
+  Wu & Johnson, Rethinking "Batch" in BatchNorm, 2021, https://arxiv.org/abs/2105.07576 (precise BN);
+  PyTorch's ``torch.optim.swa_utils.update_bn``, https://pytorch.org/docs/stable/optim.html#swa-and-ema;
+  Chan, Golub & LeVeque, Updating Formulae and a Pairwise Algorithm for Computing Sample Variances, 1979
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -20,7 +45,7 @@ from flax import nnx
 
 from jaxnorm import linen
 from jaxnorm import nnx as jnnx
-from jaxnorm._types import COUNTER
+from jaxnorm._types import COUNTER, BatchNormFunction, BatchStats, Params
 from jaxnorm.batch_norm import batch_norm, batch_norm_init
 
 __all__ = ["recalibrate_batch_stats"]
@@ -28,10 +53,27 @@ __all__ = ["recalibrate_batch_stats"]
 ESTIMATORS = ("mean", "population")
 _LINEN_BATCH_NORMS = (linen.BatchNorm1d, linen.BatchNorm2d, linen.BatchNorm3d)
 _NNX_BATCH_NORMS = (jnnx.BatchNorm1d, jnnx.BatchNorm2d, jnnx.BatchNorm3d)
+Accumulator = dict[str, jax.Array]
 
-# visit(path, module, x, mask): called for every call of a BN layer with running statistics, after the layer ran;
-# ``path`` is hashable and names the layer (a tuple of names for linen, a dotted string for NNX)
-Visit = Callable[[Any, Any, jax.Array, Any], None]
+
+class _Layer(Protocol):
+    """What the accumulation reads of a BN layer (linen or NNX)."""
+
+    @property
+    def num_features(self) -> int: ...
+
+    @property
+    def eps(self) -> float: ...
+
+    @property
+    def axis(self) -> int: ...
+
+
+# visit(path, layer, x, mask): called for every call of a BN layer with running statistics, after the layer ran;
+# ``path`` names the layer (a tuple of names for linen, a dotted string for NNX)
+Visit = Callable[[Hashable, _Layer, jax.Array, "jax.Array | None"], None]
+# forward(state, x, visit): one batch through the model, every BN layer's call reported to ``visit``
+Forward = Callable[[Any, jax.Array, Visit], None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,7 +81,7 @@ Visit = Callable[[Any, Any, jax.Array, Any], None]
 # --------------------------------------------------------------------------------------------
 
 
-def _start(estimator: str, channels: int) -> dict[str, jax.Array]:
+def _start(estimator: str, channels: int) -> Accumulator:
     """The empty accumulator; for "mean" it is PyTorch's ``reset_running_stats`` (mean 0, variance 1, counter 0:
     the first cumulative update weighs these by exactly 0, so even NaN running statistics are cleared)."""
     reset = batch_norm_init(channels, affine=False)[1]
@@ -58,7 +100,8 @@ def _values_per_channel(x: jax.Array, axis: int, mask: jax.Array | None) -> jax.
     return jnp.sum(jnp.broadcast_to(mask, x.shape), axis=others, dtype=jnp.float32)
 
 
-def _accumulate(estimator: str, acc: dict, x: jax.Array, *, eps: float, axis: int, mask) -> dict[str, jax.Array]:
+def _accumulate(estimator: str, acc: Accumulator, x: jax.Array, *, eps: float, axis: int,
+                mask: jax.Array | None) -> Accumulator:
     r"""Add one batch (the input ``x`` of one BN layer) to the layer's accumulator.
 
     "mean": the pure function's cumulative update (``momentum=None``). "population": the batch's per-channel count
@@ -87,7 +130,7 @@ def _accumulate(estimator: str, acc: dict, x: jax.Array, *, eps: float, axis: in
             COUNTER: acc[COUNTER] + batch[COUNTER]}
 
 
-def _finish(estimator: str, acc: dict) -> dict[str, jax.Array]:
+def _finish(estimator: str, acc: Accumulator) -> BatchStats:
     """The running statistics from the accumulator (a channel that never had data keeps mean 0, variance 1)."""
     if estimator == "mean":
         return acc
@@ -95,35 +138,45 @@ def _finish(estimator: str, acc: dict) -> dict[str, jax.Array]:
     return {"running_mean": acc["mean"], "running_var": var, COUNTER: acc[COUNTER]}
 
 
-def _accumulate_batches(forward: Callable[[Any, jax.Array, Visit], None], state: Any, batches: Iterable[Any],
-                        estimator: str, name: str) -> dict[Any, dict[str, jax.Array]]:
+def _inputs(batch: Any) -> jax.Array:
+    """A batch's model input: the batch, or its first element when it is ``(inputs, labels, ...)``."""
+    x: jax.Array = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return x
+
+
+def _accumulate_batches(forward: Forward, state: Any, batches: Iterable[Any], estimator: str,
+                        name: str) -> dict[Hashable, BatchStats]:
     """Run ``forward(state, x, visit)`` over the batches (jitted) and return each visited BN layer's new statistics,
     by module path. A shape-only trace first finds the layers (those the batches reach)."""
     iterator = iter(batches)
     first = next(iterator, None)
     if first is None:
-        raise ValueError("expected at least one batch to recalibrate on, got none")
-    inputs = lambda batch: batch[0] if isinstance(batch, (tuple, list)) else batch  # noqa: E731
+        raise ValueError("recalibrate_batch_stats: expected at least one batch to recalibrate on, got none")
 
-    channels: dict[Any, int] = {}
-    jax.eval_shape(lambda s, x: forward(s, x, lambda path, module, *_: channels.setdefault(path, module.num_features)),
-                   state, inputs(first))
+    channels: dict[Hashable, int] = {}
+
+    def find(path: Hashable, layer: _Layer, x: jax.Array, mask: jax.Array | None) -> None:
+        channels.setdefault(path, layer.num_features)
+
+    jax.eval_shape(lambda s, x: forward(s, x, find), state, _inputs(first))
     if not channels:
-        raise ValueError(f"expected {name} to contain a jaxnorm BatchNorm layer with running statistics, found none")
+        raise ValueError(f"recalibrate_batch_stats: expected {name} to contain a jaxnorm BatchNorm layer with running "
+                         "statistics, found none")
 
     @jax.jit
-    def step(state, accs, x):  # the model state is an argument, not closed over: no baked-in constants
-        accs = dict(accs)
+    def step(state: Any, accs: dict[Hashable, Accumulator], x: jax.Array) -> dict[Hashable, Accumulator]:
+        accs = dict(accs)  # the model state is an argument, not closed over: no baked-in constants
 
-        def visit(path, module, x, mask):  # a layer called twice per forward pass accumulates twice
-            accs[path] = _accumulate(estimator, accs[path], x, eps=module.eps, axis=module.axis, mask=mask)
+        def visit(path: Hashable, layer: _Layer, x: jax.Array, mask: jax.Array | None) -> None:
+            # a layer called twice per forward pass accumulates twice
+            accs[path] = _accumulate(estimator, accs[path], x, eps=layer.eps, axis=layer.axis, mask=mask)
 
         forward(state, x, visit)
         return accs
 
     accs = {path: _start(estimator, c) for path, c in channels.items()}
     for batch in itertools.chain([first], iterator):
-        accs = step(state, accs, inputs(batch))
+        accs = step(state, accs, _inputs(batch))
     return {path: _finish(estimator, acc) for path, acc in accs.items()}
 
 
@@ -132,25 +185,29 @@ def _accumulate_batches(forward: Callable[[Any, jax.Array, Visit], None], state:
 # --------------------------------------------------------------------------------------------
 
 
-def _input(module: Any, args: tuple) -> jax.Array:
+def _linen_input(module: nn.Module, args: tuple[Any, ...]) -> jax.Array:
     if not args:
-        raise ValueError(f"expected the input of {type(module).__name__} as a positional argument")
-    return args[0]
+        raise ValueError(f"recalibrate_batch_stats: expected the input of {type(module).__name__} as a positional "
+                         "argument")
+    x: jax.Array = args[0]
+    return x
 
 
 def _recalibrate_linen(model: nn.Module, variables: Mapping[str, Any], batches: Iterable[Any], *, estimator: str,
-                       **apply_kwargs) -> dict[str, Any]:
+                       **apply_kwargs: Any) -> dict[str, Any]:
     if "batch_stats" not in variables:
-        raise ValueError(f"expected variables with a 'batch_stats' collection, got collections {sorted(variables)}")
+        raise ValueError("recalibrate_batch_stats: expected variables with a 'batch_stats' collection, got "
+                         f"collections {sorted(variables)}")
 
-    def forward(state, x, visit):
-        def interceptor(next_fun, args, kwargs, context):
+    def forward(state: tuple[dict[str, Any], Any], x: jax.Array, visit: Visit) -> None:
+        def interceptor(next_fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                        context: nn.module.InterceptorContext) -> Any:
             module = context.module
             if context.method_name != "__call__" or not (isinstance(module, _LINEN_BATCH_NORMS)
                                                          and module.track_running_stats):
                 return next_fun(*args, **kwargs)
             y = next_fun(*args, **{**kwargs, "train": True})  # normalizes with batch stats, as in training
-            visit(tuple(module.path), module, _input(module, args), kwargs.get("mask"))
+            visit(tuple(module.path), module, _linen_input(module, args), kwargs.get("mask"))
             return y
 
         others, batch_stats = state
@@ -163,6 +220,7 @@ def _recalibrate_linen(model: nn.Module, variables: Mapping[str, Any], batches: 
     # Other stateful layers updated their statistics on the way; only the BN layers' results are kept.
     new_stats = variables["batch_stats"]
     for path, stats in results.items():
+        assert isinstance(path, tuple)  # linen's module paths
         new_stats = _replace(new_stats, path, stats)
     return {**variables, "batch_stats": new_stats}
 
@@ -174,30 +232,45 @@ def _replace(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> Any:
     return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
 
 
-def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any], *, estimator: str, **call_kwargs) -> nnx.Module:
+def _dotted(path: Sequence[Any]) -> str:
+    return ".".join(map(str, path))
+
+
+def _observed(layer: jnnx.BatchNorm1d | jnnx.BatchNorm2d | jnnx.BatchNorm3d, path: str,
+              visit: Visit) -> BatchNormFunction:
+    """The pure function of ``layer``'s class, always in training mode (batch statistics, as in training, whatever
+    the layer's mode), that reports every call's input to ``visit``."""
+    function = type(layer)._function
+
+    def observed(x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
+                 eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None,
+                 axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
+                 virtual_batch_size: int | None = None) -> tuple[jax.Array, BatchStats]:
+        del train
+        out = function(x, params, batch_stats, train=True, momentum=momentum, eps=eps, axis=axis, axis_name=axis_name,
+                       axis_index_groups=axis_index_groups, mask=mask, virtual_batch_size=virtual_batch_size)
+        visit(path, layer, x, mask)
+        return out
+
+    return observed
+
+
+def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any], *, estimator: str,
+                     **call_kwargs: Any) -> nnx.Module:
     graphdef, state = nnx.split(model)
-    classes = {type(m) for _, m in nnx.iter_modules(model) if isinstance(m, _NNX_BATCH_NORMS)}
-    dotted = lambda path: ".".join(map(str, path))  # noqa: E731
 
-    def forward(state, x, visit):
+    def forward(state: Any, x: jax.Array, visit: Visit) -> None:
         copy = nnx.merge(graphdef, state)  # the updates of this traced copy are dropped; the model is untouched
-        paths = {id(m): dotted(p) for p, m in nnx.iter_modules(copy)}
-
-        def interceptor(next_fun, module, args, kwargs):
-            if not module.track_running_stats:
-                return next_fun(*args, **kwargs)
-            y = next_fun(*args, **{**kwargs, "use_running_average": False})  # batch stats, as in training
-            visit(paths[id(module)], module, _input(module, args), kwargs.get("mask"))
-            return y
-
-        with jnnx._intercept_calls(classes, interceptor):
-            copy(x, **call_kwargs)
+        for path, layer in nnx.iter_modules(copy):
+            if isinstance(layer, _NNX_BATCH_NORMS) and layer.track_running_stats:
+                layer._function = _observed(layer, _dotted(path), visit)  # this copy's layer only, not its class
+        copy(x, **call_kwargs)
 
     results = _accumulate_batches(forward, state, batches, estimator, type(model).__name__)
-    modules = {dotted(p): m for p, m in nnx.iter_modules(model)}
+    modules = {_dotted(p): m for p, m in nnx.iter_modules(model)}
     for path, stats in results.items():
         for key, value in stats.items():
-            getattr(modules[path], key)[...] = value
+            getattr(modules[str(path)], key)[...] = value
     return model
 
 
@@ -253,9 +326,9 @@ def recalibrate_batch_stats(model: nn.Module | nnx.Module, *args: Any, estimator
       TypeError: ``model`` is neither a linen nor an NNX module.
     """
     if estimator not in ESTIMATORS:
-        raise ValueError(f"expected estimator to be one of {ESTIMATORS}, got {estimator!r}")
+        raise ValueError(f"recalibrate_batch_stats: expected estimator to be one of {ESTIMATORS}, got {estimator!r}")
     if isinstance(model, nnx.Module):
         return _recalibrate_nnx(model, *args, estimator=estimator, **kwargs)
     if isinstance(model, nn.Module):
         return _recalibrate_linen(model, *args, estimator=estimator, **kwargs)
-    raise TypeError(f"expected a flax.linen or flax.nnx Module, got {type(model).__name__}")
+    raise TypeError(f"recalibrate_batch_stats: expected a flax.linen or flax.nnx Module, got {type(model).__name__}")

@@ -188,3 +188,36 @@ def test_nnx_lists_repeated_calls_and_call_kwargs():
     np.testing.assert_allclose(stats["layers.1"].std, stats["layers.0"].std, rtol=1e-4)  # LN output is RMS-normal
     with pytest.raises(TypeError, match="expected a flax.linen or flax.nnx Module, got function"):
         activation_stats(lambda x: x, x)
+
+
+def test_nnx_calls_are_observed_without_changing_a_class_or_another_thread():
+    """The NNX form observes the calls (a profile function of this thread): no class is patched while the model
+    runs, and a call of the same classes from another thread at the same time is neither recorded nor changed."""
+    import threading
+
+    seen, other_thread = [], []
+    started, release = threading.Event(), threading.Event()
+
+    class Probe(nnx.Module):
+        def __call__(self, x):
+            seen.append({cls: dict(vars(cls)) for cls in classes} == before)
+            if threading.current_thread() is threading.main_thread():
+                started.set()
+                release.wait(timeout=60)  # the other thread calls a Probe while this call is in progress
+            return x
+
+    classes = {cls for c in (Probe, nnx.Linear) for cls in c.__mro__ if cls is not object}
+    before = {cls: dict(vars(cls)) for cls in classes}
+    model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), Probe())
+
+    def call_from_another_thread():
+        started.wait(timeout=60)
+        other_thread.append(Probe()(jnp.ones(3)))
+        release.set()
+
+    worker = threading.Thread(target=call_from_another_thread)
+    worker.start()
+    stats = activation_stats(model, jnp.ones((4, 2)))
+    worker.join()
+    assert [row.path for row in stats.layers] == ["layers.0", "layers.1", "(root)"]
+    assert seen == [True, True] and len(other_thread) == 1

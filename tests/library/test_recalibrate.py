@@ -269,3 +269,30 @@ def test_estimator_and_nnx_errors():
         jn.recalibrate_batch_stats(jx.BatchNorm1d(5, track_running_stats=False), [np.ones((2, 5), np.float32)])
     with pytest.raises(TypeError, match="expected a flax.linen or flax.nnx Module, got function"):
         jn.recalibrate_batch_stats(lambda x: x, batches)
+
+
+def test_nnx_recalibration_changes_no_class():
+    """While the batches run (traced), every class of the model's modules is as it was: the layers are reached
+    through an attribute of a traced copy's layer objects, not by patching ``__call__`` on classes."""
+    seen = []
+
+    class Probe(nnx.Module):
+        def __call__(self, x):
+            seen.append({cls: dict(vars(cls)) for cls in classes} == before)
+            return x
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.fc, self.bn, self.probe = nnx.Linear(3, 4, rngs=rngs), jx.BatchNorm1d(4), Probe()
+
+        def __call__(self, x):
+            return self.probe(self.bn(self.fc(x)))
+
+    classes = {cls for c in (Net, nnx.Linear, jx.BatchNorm1d, Probe) for cls in c.__mro__ if cls is not object}
+    before = {cls: dict(vars(cls)) for cls in classes}
+    model = Net(nnx.Rngs(0))
+    batches = [np.random.default_rng(7).standard_normal((5, 3)).astype(np.float32) for _ in range(2)]
+    jn.recalibrate_batch_stats(model, batches)
+    assert seen and all(seen), seen
+    assert {cls: dict(vars(cls)) for cls in classes} == before
+    assert int(model.bn.num_batches_tracked[...]) == 2
