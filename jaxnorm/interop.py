@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+from numpy.typing import NDArray
 
 from jaxnorm._types import COUNTER, PARAM_KEYS, STATS_KEYS, BatchStats, Params
 
@@ -30,7 +31,7 @@ __all__ = [
     "torch_to_flax_variables",
 ]
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _to_numpy(value: Any) -> NDArray[Any]:
     """A torch tensor (any device, requires_grad or not), JAX array or array-like as NumPy.
 
     Callers copy the result (``jnp.array``): on CPU ``tensor.numpy()`` shares the tensor's memory, and
@@ -130,7 +131,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tu
 
 
 def to_torch_state_dict(params: Mapping[str, Any], batch_stats: Mapping[str, Any], *,
-                        prefix: str = "") -> dict[str, np.ndarray]:
+                        prefix: str = "") -> dict[str, NDArray[Any]]:
     """jaxnorm ``(params, batch_stats)`` of one norm layer as a PyTorch-style state dict.
 
     Returns NumPy arrays (writable copies) under PyTorch's keys, in PyTorch's order (parameters, then
@@ -284,7 +285,7 @@ def _collections(variables: Mapping[str, Any], collections: tuple[str, ...],
 
 
 def flax_to_torch_state_dict(variables: Mapping[str, Any], *,
-                             collections: tuple[str, ...] = ("params", "batch_stats")) -> dict[str, np.ndarray]:
+                             collections: tuple[str, ...] = ("params", "batch_stats")) -> dict[str, NDArray[Any]]:
     """A Flax linen model's variables as a flat PyTorch-style state dict of NumPy arrays.
 
     Module paths join with ``"."``; leaves are renamed and transposed to PyTorch's conventions:
@@ -305,7 +306,7 @@ def flax_to_torch_state_dict(variables: Mapping[str, Any], *,
     bn1.running_mean, ...``. Flax's ``ConvTranspose`` and ``DenseGeneral`` kernels have other
     PyTorch layouts and are not supported. Only ``collections`` are exported.
     """
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, NDArray[Any]] = {}
     name = "flax_to_torch_state_dict"
     for col, path, leaf in _collections(variables, collections, name):
         key = _torch_key(path)
@@ -381,7 +382,7 @@ def _check_keys(state_dict: Mapping[str, Any], used: set[str], missing: list[str
         raise ValueError(f"{where}state dict does not match the {target}: " + "; ".join(problems))
 
 
-def _as_template_leaf(value: np.ndarray, leaf: Any, key: str, col: str, path: tuple[str, ...]) -> jax.Array:
+def _as_template_leaf(value: NDArray[Any], leaf: Any, key: str, col: str, path: tuple[str, ...]) -> jax.Array:
     """A state-dict tensor in the Flax layout, shape and dtype of the template's ``leaf`` (a copy: see _to_numpy)."""
     shape, dtype = tuple(np.shape(leaf)), getattr(leaf, "dtype", np.asarray(leaf).dtype)
     perm = _leaf_perm(path, len(shape), "torch_to_flax_variables")

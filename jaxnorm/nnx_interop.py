@@ -19,6 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from numpy.typing import NDArray
 
 from jaxnorm._types import COUNTER
 from jaxnorm.interop import _check_keys, _leaf_perm, _to_numpy, _torch_key
@@ -48,7 +49,7 @@ def _variables(model: nnx.Module, name: str) -> Iterator[tuple[tuple[str, ...], 
         yield path, key, variable
 
 
-def nnx_to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+def nnx_to_torch_state_dict(model: nnx.Module) -> dict[str, NDArray[Any]]:
     """An NNX model's parameters and buffers as a flat PyTorch-style state dict of NumPy arrays.
 
     - ``nnx.Linear.kernel (in, out)`` -> ``weight (out, in)``;
@@ -76,7 +77,7 @@ def nnx_to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
       ValueError: two Variables map to the same PyTorch key (e.g. a module with both ``kernel`` and ``weight``), or
         a kernel of rank < 2.
     """
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, NDArray[Any]] = {}
     for path, key, variable in _variables(model, "nnx_to_torch_state_dict"):
         value = np.array(variable.get_value(), dtype=np.int64 if path[-1] == COUNTER else None)
         perm = _leaf_perm(path, value.ndim, "nnx_to_torch_state_dict")
