@@ -1,11 +1,29 @@
 """Per-layer activation statistics of any Flax linen or NNX model — the lesson's per-layer std print, made general.
 
->>> stats = activation_stats(model, variables, x, train=False)   # linen
->>> stats = activation_stats(nnx_model, x)                        # NNX (the model's own mode; it is not modified)
->>> print(format_table(stats))            # one row per module call, in execution order
->>> stats.first_nonfinite                 # e.g. "fc7": the first layer whose output has NaN/inf
+One row per module call, in execution order, and the first layer whose output has a NaN or inf. (The module is not
+called ``inspect``: that name would shadow the standard library's.)
 
-(This module was ``jaxnorm.inspect``; it was renamed because that name shadows the standard library's ``inspect``.)
+Example:
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> import jaxnorm.nnx as jnnx
+  >>> from jaxnorm.activations import activation_stats, format_table
+  >>> class Net(nnx.Module):
+  ...     def __init__(self, rngs):
+  ...         self.fc, self.bn = nnx.Linear(3, 4, rngs=rngs), jnnx.BatchNorm1d(4)
+  ...     def __call__(self, x):
+  ...         return jnp.log(self.bn(self.fc(x)))             # NaN where the normalized value is negative
+  >>> stats = activation_stats(Net(nnx.Rngs(0)), jnp.arange(6.0).reshape(2, 3))
+  >>> [row.path for row in stats.layers], stats.first_nonfinite
+  (['fc', 'bn', '(root)'], '(root)')
+  >>> round(stats["bn"].std, 3)                              # each channel ±1: sqrt(8 / 7)
+  1.069
+  >>> format_table(stats).splitlines()[0].split()
+  ['layer', 'shape', 'mean', 'std', 'zeros', 'max|x|', 'finite']
+
+References:
+  Glorot & Bengio, Understanding the difficulty of training deep feedforward neural networks, AISTATS 2010,
+  https://proceedings.mlr.press/v9/glorot10a.html (per-layer activation statistics)
 """
 
 from __future__ import annotations
@@ -34,6 +52,19 @@ class LayerStats:
     ``std`` is Bessel-corrected (as ``torch.Tensor.std()``); ``mean``, ``std`` and ``max_abs`` are
     taken over all elements in float64 (float32 activations can neither overflow nor underflow
     there), so they are NaN/inf once the output is not all finite.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxnorm.linen as jnn
+      >>> from jaxnorm.activations import activation_stats
+      >>> ln, x = jnn.LayerNorm(4), jnp.array([[0.0, 1.0, 2.0, 3.0]])
+      >>> row = activation_stats(ln, ln.init(jax.random.key(0), x), x)["(root)"]
+      >>> row.shape, row.dtype, abs(row.mean) < 1e-6, row.finite
+      ((1, 4), 'float32', True, True)
+
+    References:
+      Glorot & Bengio, Understanding the difficulty of training deep feedforward neural networks, AISTATS 2010,
+      https://proceedings.mlr.press/v9/glorot10a.html (per-layer activation statistics)
     """
 
     path: str  # module path joined by "." ("(root)" for the model's output), "[i]" per extra leaf/call
@@ -51,7 +82,20 @@ class LayerStats:
 
 @dataclasses.dataclass(frozen=True)
 class ActivationStats:
-    """Rows in execution order (a module's row follows those of the modules it calls)."""
+    """Rows in execution order (a module's row follows those of the modules it calls).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxnorm.activations import activation_stats
+      >>> stats = activation_stats(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnp.ones((4, 2)))
+      >>> len(stats), stats.as_dicts()[0]["shape"], stats.first_nonfinite
+      (1, (4, 3), None)
+
+    References:
+      Glorot & Bengio, Understanding the difficulty of training deep feedforward neural networks, AISTATS 2010,
+      https://proceedings.mlr.press/v9/glorot10a.html (per-layer activation statistics)
+    """
 
     layers: tuple[LayerStats, ...]
     first_nonfinite: str | None  # path of the first row whose output is not all finite
@@ -184,6 +228,23 @@ def activation_stats(model: nn.Module | nnx.Module, *args: Any, **kwargs: Any) -
 
     Raises:
       TypeError: ``model`` is neither a linen nor an NNX module.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxnorm.linen as jnn
+      >>> from jaxnorm.activations import activation_stats
+      >>> model = nn.Sequential([nn.Dense(4), jnn.LayerNorm(4), nn.relu])
+      >>> x = jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)
+      >>> stats = activation_stats(model, model.init(jax.random.key(0), x), x)
+      >>> [row.path for row in stats.layers]
+      ['layers_0', 'layers_1', '(root)']
+      >>> abs(stats["layers_1"].mean) < 1e-6                   # LayerNorm output: mean 0 per row
+      True
+
+    References:
+      Glorot & Bengio, Understanding the difficulty of training deep feedforward neural networks, AISTATS 2010,
+      https://proceedings.mlr.press/v9/glorot10a.html (per-layer activation statistics)
     """
     if isinstance(model, nnx.Module):
         return _nnx_activation_stats(model, *args, **kwargs)
@@ -193,7 +254,22 @@ def activation_stats(model: nn.Module | nnx.Module, *args: Any, **kwargs: Any) -
 
 
 def format_table(stats: ActivationStats) -> str:
-    """A plain-text table of :func:`activation_stats` rows, with the first non-finite layer marked."""
+    """A plain-text table of :func:`activation_stats` rows, with the first non-finite layer marked.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxnorm.activations import activation_stats, format_table
+      >>> print(format_table(activation_stats(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnp.zeros((4, 2)))))
+      layer   shape  mean  std   zeros  max|x|  finite
+      ------  -----  ----  ---  ------  ------  ------
+      (root)    4x3     0    0  100.0%       0     yes
+      all outputs finite
+
+    References:
+      Glorot & Bengio, Understanding the difficulty of training deep feedforward neural networks, AISTATS 2010,
+      https://proceedings.mlr.press/v9/glorot10a.html (per-layer activation statistics)
+    """
     if not isinstance(stats, ActivationStats):
         raise TypeError(f"format_table: expected ActivationStats (from activation_stats), got {type(stats).__name__}")
     header = ("layer", "shape", "mean", "std", "zeros", "max|x|", "finite")

@@ -2,6 +2,21 @@ r"""Batch normalization (PyTorch ``nn.BatchNorm1d/2d/3d`` semantics) as pure fun
 variants: masks, synchronized statistics (optionally within device groups), Ghost BN and Batch Renormalization.
 
 Spec: statistics over every axis except the channel axis; parameters and running statistics per channel.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxnorm as jn
+  >>> params, stats = jn.batch_norm_init(2)
+  >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])          # (N, C)
+  >>> y, stats = jn.batch_norm(x, params, stats, train=True)
+  >>> [[round(float(v), 3) for v in row] for row in y], [round(float(v), 2) for v in stats["running_var"]]
+  ([[-1.0, -1.0], [1.0, 1.0]], [1.1, 20.9])
+
+References:
+  Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+  Shift, ICML 2015, https://arxiv.org/abs/1502.03167;
+  Hoffer, Hubara & Soudry, Train longer, generalize better (Ghost Batch Normalization), NeurIPS 2017,
+  https://arxiv.org/abs/1705.08741
 """
 
 from __future__ import annotations
@@ -18,6 +33,8 @@ from jaxnorm._types import BatchStats, Params, channel_shape
 Groups = tuple[tuple[int, ...], ...]  # axis_index_groups, checked
 Clips = tuple[jax.Array, jax.Array]  # Batch Renormalization's (r_max, d_max)
 
+__all__ = ["batch_norm_init", "batch_norm", "batch_norm_1d", "batch_norm_2d", "batch_norm_3d"]
+
 
 def batch_norm_init(
     num_features: int, *, affine: bool = True, track_running_stats: bool = True, dtype: DTypeLike = jnp.float32
@@ -31,6 +48,19 @@ def batch_norm_init(
 
     Raises:
       ValueError: ``num_features < 1``.
+
+    Example:
+      >>> import jaxnorm as jn
+      >>> params, stats = jn.batch_norm_init(3)
+      >>> {k: v.tolist() for k, v in stats.items()}
+      {'running_mean': [0.0, 0.0, 0.0], 'running_var': [1.0, 1.0, 1.0], 'num_batches_tracked': 0}
+      >>> jn.batch_norm_init(3, affine=False, track_running_stats=False)
+      ({}, {})
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167; PyTorch's ``torch.nn.BatchNorm1d``,
+      https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm1d.html
     """
     c = _checks.check_num_features("batch_norm_init", num_features)
     params = {"weight": jnp.ones((c,), dtype), "bias": jnp.zeros((c,), dtype)} if affine else {}
@@ -173,6 +203,25 @@ def batch_norm(
       ValueError: wrong rank, channel or key mismatches, one value per channel when training, a mask that does not
         broadcast, a virtual batch size that does not divide the batch, momentum outside [0, 1].
       TypeError: non-floating ``x``, non-boolean mask, ``train`` not a bool.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> params, stats = jn.batch_norm_init(2)
+      >>> x = jnp.arange(16.0).reshape(4, 2, 2)                     # (N, C, L)
+      >>> mask = jnp.array([True, True, True, False])[:, None, None]  # the last example is padding
+      >>> y, stats = jn.batch_norm(x, params, stats, train=True, mask=mask)
+      >>> float(abs(y[3]).max()), [round(float(v), 2) for v in stats["running_mean"]]
+      (0.0, [0.45, 0.65])
+      >>> y, _ = jn.batch_norm(x, params, stats, train=True, virtual_batch_size=2)   # Ghost BN
+      >>> [round(float(v), 3) for v in y[:2, 0].ravel()]              # normalized within examples 0-1
+      [-1.213, -0.728, 0.728, 1.213]
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167;
+      Hoffer, Hubara & Soudry, Train longer, generalize better (Ghost Batch Normalization), NeurIPS 2017,
+      https://arxiv.org/abs/1705.08741
     """
     return _batch_norm("batch_norm", x, params, batch_stats, train=train, momentum=momentum, eps=eps, axis=axis,
                        axis_name=axis_name, axis_index_groups=axis_index_groups, mask=mask,

@@ -20,6 +20,19 @@ Differences from the paper and from Keras 3's ``BatchNormalization(renorm=True)`
   the paper updates a moving ``σ`` and Keras keeps separate moving averages for the correction
   (``renorm_momentum``) and uses ``momentum`` as the weight of the *old* value (Keras 0.99 = PyTorch 0.01);
 * ``σ = √(running_var + ε)``, as the normalization itself uses, where Keras' correction uses its own moving std.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxnorm as jn
+  >>> params, stats = jn.batch_norm_init(1)
+  >>> x = jnp.array([[9.0], [11.0]])                 # batch mean 10, std 1; running mean 0, std 1
+  >>> y, stats = jn.batch_renorm(x, params, stats, train=True, r_max=1.0, d_max=2.0)
+  >>> [round(float(v), 3) for v in y[:, 0]]           # x̂ + d with d = clip((10 - 0) / 1, -2, 2)
+  [1.0, 3.0]
+
+References:
+  Ioffe, Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models, NeurIPS 2017,
+  https://arxiv.org/abs/1702.03275
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ import numpy as np
 
 from jaxnorm._types import BatchStats, Params
 from jaxnorm.batch_norm import _batch_norm
+
+__all__ = ["batch_renorm", "renorm_clip_schedule"]
 
 
 def _check_clip(name: str, value: float | jax.Array, minimum: float, what: str) -> jax.Array:
@@ -59,6 +74,19 @@ def batch_renorm(
     Raises:
       ValueError: empty ``batch_stats``, ``r_max < 1`` or ``d_max < 0`` (checked when they are Python numbers), and
         everything :func:`jaxnorm.batch_norm` checks.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> params, stats = jn.batch_norm_init(2)
+      >>> x = jnp.arange(8.0).reshape(4, 2)
+      >>> y, new = jn.batch_renorm(x, params, stats, train=True, r_max=1.0, d_max=0.0)   # no correction: BN
+      >>> bool(jnp.allclose(y, jn.batch_norm(x, params, stats, train=True)[0]))
+      True
+
+    References:
+      Ioffe, Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models, NeurIPS 2017,
+      https://arxiv.org/abs/1702.03275
     """
     if not batch_stats:
         raise ValueError("batch_renorm: expected running statistics in batch_stats (the correction is relative to "
@@ -75,6 +103,15 @@ def renorm_clip_schedule(step: int | jax.Array, *, r_max: float = 3.0, d_max: fl
     BatchNorm (``r_max = 1``, ``d_max = 0``) for the first ``warmup_steps`` updates, while the running statistics
     settle; then ``r_max`` rises linearly to its final value at ``r_max_steps`` and ``d_max`` at ``d_max_steps``
     (Ioffe 2017, §4: 5k, 40k and 25k steps for r_max = 3, d_max = 5). Jit-compatible: ``step`` may be traced.
+
+    Example:
+      >>> import jaxnorm as jn
+      >>> [tuple(round(float(v), 2) for v in jn.renorm_clip_schedule(s)) for s in (0, 5000, 22500, 40000)]
+      [(1.0, 0.0), (1.0, 0.0), (2.0, 4.38), (3.0, 5.0)]
+
+    References:
+      Ioffe, Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models, NeurIPS 2017,
+      https://arxiv.org/abs/1702.03275 (section 4)
     """
     t = jnp.asarray(step, jnp.float32)
 

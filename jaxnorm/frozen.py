@@ -10,6 +10,19 @@ A frozen layer keeps ``weight``, ``bias``, ``running_mean``, ``running_var`` in 
 buffers of torchvision's ``FrozenBatchNorm2d``, so its state dict maps one-to-one), and none in ``params``: an
 optimizer built on the params never sees them. :func:`freeze_linen_variables` makes those variables from a trained
 model's; jaxnorm's linen modules recognize a frozen layer by them.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxnorm as jn
+  >>> params, stats = jn.batch_norm_init(1)
+  >>> stats = {**stats, "running_mean": jnp.array([2.0]), "running_var": jnp.array([4.0])}
+  >>> [round(float(v), 3) for v in jn.frozen_batch_norm(jnp.array([[2.0], [4.0]]), params, stats, eps=0.0)[:, 0]]
+  [0.0, 1.0]
+
+References:
+  torchvision's ``FrozenBatchNorm2d``,
+  https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html;
+  Wu & Johnson, Rethinking "Batch" in BatchNorm, 2021, https://arxiv.org/abs/2105.07576 (frozen BN in fine-tuning)
 """
 
 from __future__ import annotations
@@ -23,6 +36,8 @@ from jax import lax
 
 from jaxnorm import _checks
 from jaxnorm._types import COUNTER, BatchStats, Params, channel_shape
+
+__all__ = ["frozen_batch_norm", "freeze_linen_variables"]
 
 FROZEN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
@@ -43,6 +58,21 @@ def frozen_batch_norm(x: jax.Array, params: Params, batch_stats: BatchStats, *, 
 
     Raises:
       ValueError: no running statistics, channel mismatches; TypeError: non-floating ``x``.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> params, stats = jn.batch_norm_init(2)
+      >>> x = jnp.ones((3, 2, 4))
+      >>> grads = jax.grad(lambda p: jn.frozen_batch_norm(x, p, stats).sum())(params)
+      >>> [g.tolist() for g in grads.values()]              # the frozen layer is not trained
+      [[0.0, 0.0], [0.0, 0.0]]
+
+    References:
+      torchvision's ``FrozenBatchNorm2d``,
+      https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html;
+      Wu & Johnson, Rethinking "Batch" in BatchNorm, 2021, https://arxiv.org/abs/2105.07576 (frozen BN in fine-tuning)
     """
     name = "frozen_batch_norm"
     _checks.check_floating(name, x)
@@ -103,6 +133,23 @@ def freeze_linen_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises:
       ValueError: no ``batch_stats`` collection or no layer with running statistics in it.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxnorm.linen as jnn
+      >>> from jaxnorm.frozen import freeze_linen_variables
+      >>> bn, x = jnn.BatchNorm1d(2), jnp.ones((4, 2))
+      >>> frozen = freeze_linen_variables(bn.init(jax.random.key(0), x, train=False))
+      >>> sorted(frozen["params"]), sorted(frozen["batch_stats"])
+      ([], ['bias', 'running_mean', 'running_var', 'weight'])
+      >>> y, updates = bn.apply(frozen, x, train=True, mutable=["batch_stats"])   # a fixed map, whatever train says
+      >>> bool(jax.tree.all(jax.tree.map(jnp.array_equal, updates["batch_stats"], frozen["batch_stats"])))
+      True
+
+    References:
+      torchvision's ``FrozenBatchNorm2d``,
+      https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html;
+      Wu & Johnson, Rethinking "Batch" in BatchNorm, 2021, https://arxiv.org/abs/2105.07576 (frozen BN in fine-tuning)
     """
     if not isinstance(variables, Mapping) or "batch_stats" not in variables:
         got = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__

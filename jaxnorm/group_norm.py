@@ -3,6 +3,16 @@
 Spec: channels split into ``num_groups`` contiguous groups; statistics per (sample, group) over the group's channels
 and all spatial axes; per-channel affine. The channel axis is split in place with a reshape (no transpose), so
 channels-first and channels-last inputs both normalize without moving data.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxnorm as jn
+  >>> x = jnp.arange(8.0).reshape(1, 4, 2)                  # (N, C, L): 2 groups of 2 channels
+  >>> [round(float(v), 3) for v in jn.group_norm(x, {}, 2)[0, :2].ravel()]
+  [-1.342, -0.447, 0.447, 1.342]
+
+References:
+  Wu & He, Group Normalization, ECCV 2018, https://arxiv.org/abs/1803.08494
 """
 
 from __future__ import annotations
@@ -15,10 +25,24 @@ from jaxnorm import _checks, _stats
 from jaxnorm._types import Params
 from jaxnorm.batch_norm import split_axis
 
+__all__ = ["group_norm_init", "group_norm"]
+
 
 def group_norm_init(num_groups: int, num_channels: int, *, affine: bool = True,
                     dtype: DTypeLike = jnp.float32) -> Params:
-    """``{"weight": ones(C), "bias": zeros(C)}`` (``{}`` when ``affine=False``); checks ``C % num_groups == 0``."""
+    """``{"weight": ones(C), "bias": zeros(C)}`` (``{}`` when ``affine=False``); checks ``C % num_groups == 0``.
+
+    Example:
+      >>> import jaxnorm as jn
+      >>> sorted(jn.group_norm_init(2, 4)), jn.group_norm_init(2, 4, affine=False)
+      (['bias', 'weight'], {})
+      >>> jn.group_norm_init(3, 4)
+      Traceback (most recent call last):
+      ValueError: group_norm_init: num_channels (4) must be divisible by num_groups (3)
+
+    References:
+      Wu & He, Group Normalization, ECCV 2018, https://arxiv.org/abs/1803.08494
+    """
     _check_groups("group_norm_init", num_groups, num_channels)
     return {"weight": jnp.ones((num_channels,), dtype), "bias": jnp.zeros((num_channels,), dtype)} if affine else {}
 
@@ -53,6 +77,17 @@ def group_norm(
     Raises:
       ValueError: rank < 2, ``C % num_groups != 0``, parameter shapes, a mask that does not broadcast.
       TypeError: non-floating ``x`` or non-boolean mask.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> x = jnp.arange(24.0).reshape(2, 3, 4)                 # channels-last (N, L, C)
+      >>> y_gn = jn.group_norm(x, {}, 1, axis=-1)               # one group: LayerNorm over (L, C)
+      >>> bool(jnp.allclose(y_gn, jn.layer_norm(x, {}, (3, 4)), atol=1e-6))
+      True
+
+    References:
+      Wu & He, Group Normalization, ECCV 2018, https://arxiv.org/abs/1803.08494
     """
     name = "group_norm"
     _checks.check_floating(name, x)

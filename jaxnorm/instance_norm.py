@@ -28,6 +28,8 @@ from jaxnorm import _checks, _running, _stats
 from jaxnorm._types import COUNTER, BatchStats, Params, channel_shape
 from jaxnorm.batch_norm import _running_statistics, batch_norm_init
 
+__all__ = ["instance_norm_init", "instance_norm", "instance_norm_1d", "instance_norm_2d", "instance_norm_3d"]
+
 
 def instance_norm_init(
     num_features: int, *, affine: bool = False, track_running_stats: bool = False, dtype: DTypeLike = jnp.float32
@@ -121,6 +123,18 @@ def instance_norm(
 
     Raises:
       ValueError / TypeError: as :func:`jaxnorm.batch_norm`; also one spatial element when training.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> x = jnp.arange(12.0).reshape(2, 3, 2)                 # channels-last (N, L, C)
+      >>> y, _ = jn.instance_norm(x, {}, {}, train=True, axis=-1)
+      >>> [round(float(v), 3) for v in y[0, :, 0]]              # sample 0, channel 0: values 0, 2, 4
+      [-1.225, 0.0, 1.225]
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
     """
     return _instance_norm("instance_norm", x, params, batch_stats, train=train, momentum=momentum, eps=eps,
                           axis=axis, axis_name=axis_name, mask=mask)

@@ -8,6 +8,19 @@ Flax layer kernels into PyTorch's layouts.
 
 torch is never imported here: tensors are recognised by duck typing (``.detach()``), so this module
 works (on NumPy arrays) where torch is not installed.
+
+Example:
+  >>> import jaxnorm as jn
+  >>> params, stats = jn.batch_norm_init(3)
+  >>> sd = jn.to_torch_state_dict(params, stats, prefix="bn1.")     # load into torch with torch.from_numpy
+  >>> list(sd), sd["bn1.num_batches_tracked"].dtype
+  (['bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var', 'bn1.num_batches_tracked'], dtype('int64'))
+  >>> params2, stats2 = jn.from_torch_state_dict(sd, prefix="bn1")
+  >>> sorted(params2), stats2["num_batches_tracked"].dtype
+  (['bias', 'weight'], dtype('int32'))
+
+References:
+  PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
 """
 
 from __future__ import annotations
@@ -98,6 +111,18 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tu
     Raises:
       ValueError: no entry under ``prefix``, an entry that is not a norm-layer parameter or buffer,
         or shapes that do not belong to one norm layer.
+
+    Example:
+      >>> import numpy as np
+      >>> import jaxnorm as jn
+      >>> sd = {"conv.weight": np.ones((4, 3, 3, 3)), "bn.weight": np.ones(4), "bn.bias": np.zeros(4),
+      ...       "bn.running_mean": np.zeros(4), "bn.running_var": np.ones(4)}   # a checkpoint before 0.4.1
+      >>> params, stats = jn.from_torch_state_dict(sd, prefix="bn.")
+      >>> sorted(params), int(stats["num_batches_tracked"])
+      (['bias', 'weight'], 0)
+
+    References:
+      PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"from_torch_state_dict: expected a state dict (a mapping of names to tensors), got "
@@ -138,6 +163,15 @@ def to_torch_state_dict(params: Mapping[str, Any], batch_stats: Mapping[str, Any
     buffers), with ``num_batches_tracked`` as a 0-d ``int64`` as PyTorch stores it. Load it with
     ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``. ``prefix`` (e.g.
     ``"bn1."``) is prepended to every key.
+
+    Example:
+      >>> import jaxnorm as jn
+      >>> sd = jn.to_torch_state_dict(*jn.instance_norm_init(2, affine=True))   # InstanceNorm: no buffers
+      >>> {k: v.tolist() for k, v in sd.items()}
+      {'weight': [1.0, 1.0], 'bias': [0.0, 0.0]}
+
+    References:
+      PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     for name, tree, allowed in (("params", params, PARAM_KEYS), ("batch_stats", batch_stats, STATS_KEYS)):
         if not isinstance(tree, Mapping):
@@ -189,6 +223,22 @@ def fold_batch_norm(kernel: ArrayLike, bias: ArrayLike | None, params: Mapping[s
 
     Raises:
       ValueError: no running statistics, or channel counts that do not agree.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> kernel, bias, x = jnp.arange(6.0).reshape(2, 3), jnp.ones(3), jnp.array([[1.0, -1.0]])   # Dense 2 -> 3
+      >>> params, stats = jn.batch_norm_init(3)
+      >>> stats = {**stats, "running_mean": jnp.array([1.0, 2.0, 3.0]), "running_var": jnp.array([4.0, 1.0, 9.0])}
+      >>> k2, b2 = jn.fold_batch_norm(kernel, bias, params, stats, eps=0.0)
+      >>> want, _ = jn.batch_norm(x @ kernel + bias[None], params, stats, train=False, eps=0.0)
+      >>> bool(jnp.allclose(x @ k2 + b2[None], want))
+      True
+
+    References:
+      Jacob et al., Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference,
+      CVPR 2018, https://arxiv.org/abs/1712.05877 (section 3.2, folding batch normalization); PyTorch's
+      ``torch.nn.utils.fusion.fuse_conv_bn_weights``
     """
     kernel = jnp.asarray(kernel)
     named = _fold_operands(kernel, bias, params, batch_stats, out_axis)
@@ -305,6 +355,20 @@ def flax_to_torch_state_dict(variables: Mapping[str, Any], *,
     "batch_stats": {"bn1": {...}}}`` gives ``conv1.weight, conv1.bias, bn1.weight, bn1.bias,
     bn1.running_mean, ...``. Flax's ``ConvTranspose`` and ``DenseGeneral`` kernels have other
     PyTorch layouts and are not supported. Only ``collections`` are exported.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> model = nn.Sequential([nn.Dense(3), nn.BatchNorm(use_running_average=True)])
+      >>> variables = model.init(jax.random.key(0), jnp.ones((1, 2)))
+      >>> sd = jn.flax_to_torch_state_dict(variables)
+      >>> sorted(sd), sd["layers_0.weight"].shape      # doctest: +NORMALIZE_WHITESPACE
+      (['layers_0.bias', 'layers_0.weight', 'layers_1.bias', 'layers_1.running_mean', 'layers_1.running_var',
+        'layers_1.weight'], (3, 2))
+
+    References:
+      PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     out: dict[str, NDArray[Any]] = {}
     name = "flax_to_torch_state_dict"
@@ -343,6 +407,19 @@ def torch_to_flax_variables(
 
     Raises:
       ValueError: missing (or, with ``strict``, unexpected) keys, or a shape that does not match.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> import numpy as np
+      >>> import jaxnorm as jn
+      >>> template = jax.eval_shape(nn.Dense(3).init, jax.random.key(0), jnp.ones((1, 2)))   # no initializer runs
+      >>> sd = {"weight": np.arange(6.0).reshape(3, 2), "bias": np.zeros(3)}                 # torch Linear (out, in)
+      >>> jn.torch_to_flax_variables(sd, template)["params"]["kernel"].tolist()               # Flax Dense (in, out)
+      [[0.0, 2.0, 4.0], [1.0, 3.0, 5.0]]
+
+    References:
+      PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     name = "torch_to_flax_variables"
     if not isinstance(state_dict, Mapping):

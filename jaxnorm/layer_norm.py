@@ -1,6 +1,19 @@
 """Layer normalization and RMS normalization (PyTorch ``nn.LayerNorm`` / ``nn.RMSNorm``) as pure functions.
 
 Spec: statistics over the trailing ``normalized_shape`` axes of each sample; elementwise parameters of that shape.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxnorm as jn
+  >>> x = jnp.array([[1.0, 2.0, 3.0, 4.0]])
+  >>> [round(float(v), 3) for v in jn.layer_norm(x, jn.layer_norm_init(4), 4)[0]]
+  [-1.342, -0.447, 0.447, 1.342]
+  >>> [round(float(v), 3) for v in jn.rms_norm(x, {}, 4)[0]]           # x / sqrt(mean(x**2))
+  [0.365, 0.73, 1.095, 1.461]
+
+References:
+  Ba, Kiros & Hinton, Layer Normalization, 2016, https://arxiv.org/abs/1607.06450;
+  Zhang & Sennrich, Root Mean Square Layer Normalization, NeurIPS 2019, https://arxiv.org/abs/1910.07467
 """
 
 from __future__ import annotations
@@ -12,13 +25,26 @@ from jax.typing import DTypeLike
 from jaxnorm import _checks, _stats
 from jaxnorm._types import Params
 
+__all__ = ["layer_norm_init", "layer_norm", "rms_norm_init", "rms_norm"]
+
 
 def layer_norm_init(
     normalized_shape: int | tuple[int, ...], *, elementwise_affine: bool = True, bias: bool = True,
     dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """``{"weight": ones(shape), "bias": zeros(shape)}``; no ``bias`` when ``bias=False``; ``{}`` when
-    ``elementwise_affine=False`` (PyTorch's defaults and names)."""
+    ``elementwise_affine=False`` (PyTorch's defaults and names).
+
+    Example:
+      >>> import jaxnorm as jn
+      >>> {k: v.shape for k, v in jn.layer_norm_init((2, 3)).items()}
+      {'weight': (2, 3), 'bias': (2, 3)}
+      >>> sorted(jn.layer_norm_init(3, bias=False))
+      ['weight']
+
+    References:
+      Ba, Kiros & Hinton, Layer Normalization, 2016, https://arxiv.org/abs/1607.06450
+    """
     shape = _checks.normalized_shape_tuple("layer_norm_init", normalized_shape)
     if not elementwise_affine:
         return {}
@@ -63,6 +89,17 @@ def layer_norm(
     Raises:
       ValueError: ``normalized_shape`` not the trailing dims, parameter shapes, a mask that does not broadcast.
       TypeError: non-floating ``x`` or non-boolean mask.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> x = jnp.array([[1.0, 2.0, 3.0, 100.0]])        # the last value is padding
+      >>> mask = jnp.array([[True, True, True, False]])
+      >>> [round(float(v), 3) for v in jn.layer_norm(x, {}, 4, mask=mask)[0]]
+      [-1.225, 0.0, 1.225, 0.0]
+
+    References:
+      Ba, Kiros & Hinton, Layer Normalization, 2016, https://arxiv.org/abs/1607.06450
     """
     axes, shape, mask = _trailing("layer_norm", x, params, normalized_shape, mask)
     with jax.named_scope("layer_norm"):  # the layer's operations carry its name in profiles and HLO dumps
@@ -74,7 +111,16 @@ def layer_norm(
 def rms_norm_init(
     normalized_shape: int | tuple[int, ...], *, elementwise_affine: bool = True, dtype: DTypeLike = jnp.float32
 ) -> Params:
-    """``{"weight": ones(normalized_shape)}``, or ``{}`` when ``elementwise_affine=False``."""
+    """``{"weight": ones(normalized_shape)}``, or ``{}`` when ``elementwise_affine=False``.
+
+    Example:
+      >>> import jaxnorm as jn
+      >>> jn.rms_norm_init(3)["weight"].tolist(), jn.rms_norm_init(3, elementwise_affine=False)
+      ([1.0, 1.0, 1.0], {})
+
+    References:
+      Zhang & Sennrich, Root Mean Square Layer Normalization, NeurIPS 2019, https://arxiv.org/abs/1910.07467
+    """
     shape = _checks.normalized_shape_tuple("rms_norm_init", normalized_shape)
     return {"weight": jnp.ones(shape, dtype)} if elementwise_affine else {}
 
@@ -98,6 +144,16 @@ def rms_norm(
 
     Raises:
       ValueError / TypeError: as :func:`layer_norm`; also a ``bias`` in ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> y = jn.rms_norm(jnp.array([[3.0, 4.0]]), {"weight": jnp.array([1.0, 2.0])}, 2)
+      >>> [round(float(v), 3) for v in y[0]]             # (3, 4) / sqrt(12.5) * (1, 2)
+      [0.849, 2.263]
+
+    References:
+      Zhang & Sennrich, Root Mean Square Layer Normalization, NeurIPS 2019, https://arxiv.org/abs/1910.07467
     """
     axes, shape, mask = _trailing("rms_norm", x, params, normalized_shape, mask)
     if "bias" in params:

@@ -16,6 +16,22 @@ Bad constructor arguments raise the pure functions' errors (the checks of :mod:`
 e.g. ``BatchNorm2d: expected num_features >= 1, got 0``; bad inputs raise the pure functions' errors when called.
 Initial values are PyTorch's constants (ones and zeros), so ``rngs`` is accepted only so that these layers are built
 like every other NNX layer; it is not used.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> import jaxnorm.nnx as jnnx
+  >>> model = nnx.Sequential(nnx.Linear(2, 4, rngs=nnx.Rngs(0)), jnnx.BatchNorm1d(4), jnnx.LayerNorm(4))
+  >>> y = model(jnp.ones((3, 2)))                             # training mode: the BatchStats are updated
+  >>> int(model.layers[1].num_batches_tracked[...])
+  1
+  >>> model.eval()                                            # running statistics from now on
+  >>> model.layers[1].use_running_average
+  True
+
+References:
+  Flax NNX, https://flax.readthedocs.io/en/latest/nnx_basics.html; the layers' own papers are cited in their
+  classes.
 """
 
 from __future__ import annotations
@@ -328,7 +344,22 @@ class InstanceNorm3d(_InstanceNorm):
 
 
 class LayerNorm(nnx.Module):
-    """``torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)``; see :func:`jaxnorm.layer_norm`."""
+    """``torch.nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias)``; calls :func:`jaxnorm.layer_norm`.
+
+    Shape:
+      - Input: ``(*, *normalized_shape)``.
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> ln = jnnx.LayerNorm(4, bias=False)
+      >>> ln.bias is None, [round(float(v), 3) for v in ln(jnp.arange(4.0)[None])[0]]
+      (True, [-1.342, -0.447, 0.447, 1.342])
+
+    References:
+      Ba, Kiros & Hinton, Layer Normalization, 2016, https://arxiv.org/abs/1607.06450
+    """
 
     def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, param_dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs | None = None):
@@ -347,7 +378,21 @@ class LayerNorm(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """``torch.nn.RMSNorm(normalized_shape, eps=None, elementwise_affine)``; see :func:`jaxnorm.rms_norm`."""
+    """``torch.nn.RMSNorm(normalized_shape, eps=None, elementwise_affine)``; calls :func:`jaxnorm.rms_norm`.
+
+    Shape:
+      - Input: ``(*, *normalized_shape)``.
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> [round(float(v), 3) for v in jnnx.RMSNorm(2)(jnp.array([[3.0, 4.0]]))[0]]     # x / sqrt(mean(x**2))
+      [0.849, 1.131]
+
+    References:
+      Zhang & Sennrich, Root Mean Square Layer Normalization, NeurIPS 2019, https://arxiv.org/abs/1910.07467
+    """
 
     def __init__(self, normalized_shape: int | Sequence[int], *, eps: float | None = None,
                  elementwise_affine: bool = True, param_dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs | None = None):
@@ -364,7 +409,23 @@ class RMSNorm(nnx.Module):
 
 
 class GroupNorm(nnx.Module):
-    """``torch.nn.GroupNorm(num_groups, num_channels, eps, affine)``; ``axis=-1`` for channels-last."""
+    """``torch.nn.GroupNorm(num_groups, num_channels, eps, affine)``; calls :func:`jaxnorm.group_norm`; ``axis=-1``
+    for channels-last.
+
+    Shape:
+      - Input: ``(N, C, *)``, channels on ``axis``.
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> gn = jnnx.GroupNorm(2, 4, axis=-1)
+      >>> gn(jnp.ones((2, 5, 4))).shape, gn.weight[...].shape
+      ((2, 5, 4), (4,))
+
+    References:
+      Wu & He, Group Normalization, ECCV 2018, https://arxiv.org/abs/1803.08494
+    """
 
     def __init__(self, num_groups: int, num_channels: int, *, eps: float = 1e-5, affine: bool = True, axis: int = 1,
                  param_dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs | None = None):
@@ -387,7 +448,23 @@ class GroupNorm(nnx.Module):
 class FrozenBatchNorm(nnx.Module):
     """torchvision's ``FrozenBatchNorm2d`` for any rank: :func:`jaxnorm.frozen_batch_norm` with the layer's weight,
     bias and running statistics, all four ``nnx.BatchStat`` (so an ``nnx.Optimizer(..., wrt=nnx.Param)`` never
-    sees them, and nothing updates them). Made by :func:`freeze_batch_norm` from a trained layer."""
+    sees them, and nothing updates them). Made by :func:`freeze_batch_norm` from a trained layer.
+
+    Shape:
+      - Input: ``(N, C, *)``, channels on ``axis``.
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> frozen = jnnx.FrozenBatchNorm(jnp.ones(2), jnp.zeros(2), jnp.array([1.0, 2.0]), jnp.ones(2), eps=0.0)
+      >>> frozen(jnp.array([[1.0, 2.0], [2.0, 3.0]])).tolist()
+      [[0.0, 0.0], [1.0, 1.0]]
+
+    References:
+      torchvision's ``FrozenBatchNorm2d``,
+      https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html
+    """
 
     def __init__(self, weight: jax.Array, bias: jax.Array, running_mean: jax.Array, running_var: jax.Array, *,
                  eps: float = 1e-5, axis: int = 1):
@@ -432,6 +509,19 @@ def freeze_batch_norm(model: nnx.Module) -> nnx.Module:
 
     Raises:
       ValueError: no such layer in ``model`` (a model that is itself one such layer cannot be replaced in place).
+
+    Example:
+      >>> from flax import nnx
+      >>> import jaxnorm.nnx as jnnx
+      >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnnx.BatchNorm1d(3))
+      >>> type(jnnx.freeze_batch_norm(model).layers[1]).__name__
+      'FrozenBatchNorm'
+      >>> sorted(nnx.to_pure_dict(nnx.state(model, nnx.Param))["layers"])    # its four arrays are not trained
+      [0]
+
+    References:
+      torchvision's ``FrozenBatchNorm2d``,
+      https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html
     """
     replaced = 0
     for path, module in list(nnx.iter_modules(model)):

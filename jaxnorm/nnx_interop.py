@@ -9,6 +9,21 @@ Only ``nnx.Param`` and ``nnx.BatchStat`` Variables are exported and loaded (PyTo
 and optimizer state are not part of a PyTorch ``state_dict``.
 
 torch is never imported here: tensors are recognised by duck typing, as in :mod:`jaxnorm.interop`.
+
+Example:
+  >>> from flax import nnx
+  >>> import jaxnorm as jn
+  >>> import jaxnorm.nnx as jnnx
+  >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnnx.BatchNorm1d(3))
+  >>> sd = jn.nnx_to_torch_state_dict(model)
+  >>> sd["layers.0.weight"].shape, int(sd["layers.1.num_batches_tracked"])
+  ((3, 2), 0)
+  >>> jn.torch_to_nnx(sd, model) is model
+  True
+
+References:
+  PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html;
+  Flax NNX, https://flax.readthedocs.io/en/latest/nnx_basics.html
 """
 
 from __future__ import annotations
@@ -76,6 +91,18 @@ def nnx_to_torch_state_dict(model: nnx.Module) -> dict[str, NDArray[Any]]:
       TypeError: ``model`` is not an NNX Module.
       ValueError: two Variables map to the same PyTorch key (e.g. a module with both ``kernel`` and ``weight``), or
         a kernel of rank < 2.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jaxnorm as jn
+      >>> model = nnx.Sequential(nnx.Conv(3, 8, (3, 3), rngs=nnx.Rngs(0)), nnx.BatchNorm(8, rngs=nnx.Rngs(0)))
+      >>> {k: v.shape for k, v in jn.nnx_to_torch_state_dict(model).items() if k.startswith("layers.0")}
+      {'layers.0.bias': (8,), 'layers.0.weight': (8, 3, 3, 3)}
+      >>> sorted(k for k in jn.nnx_to_torch_state_dict(model) if k.startswith("layers.1"))
+      ['layers.1.bias', 'layers.1.running_mean', 'layers.1.running_var', 'layers.1.weight']
+
+    References:
+      PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     out: dict[str, NDArray[Any]] = {}
     for path, key, variable in _variables(model, "nnx_to_torch_state_dict"):
@@ -111,6 +138,21 @@ def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bo
       TypeError: ``state_dict`` is not a mapping, or ``model`` not an NNX Module.
       ValueError: missing (or, with ``strict``, unexpected) keys, or a shape that does not match (the message names
         both shapes).
+
+    Example:
+      >>> import numpy as np
+      >>> from flax import nnx
+      >>> import jaxnorm as jn
+      >>> model = nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0)))     # abstract: no initializer runs
+      >>> sd = {"weight": np.arange(6.0).reshape(3, 2), "bias": np.zeros(3)}  # torch Linear (out, in)
+      >>> jn.torch_to_nnx(sd, model).kernel[...].tolist()                      # nnx.Linear (in, out)
+      [[0.0, 2.0, 4.0], [1.0, 3.0, 5.0]]
+      >>> jn.torch_to_nnx({"weight": np.ones((3, 2))}, model)
+      Traceback (most recent call last):
+      ValueError: torch_to_nnx: state dict does not match the model: missing keys ['bias']
+
+    References:
+      PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     name = "torch_to_nnx"
     if not isinstance(state_dict, Mapping):

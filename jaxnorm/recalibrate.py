@@ -324,6 +324,23 @@ def recalibrate_batch_stats(model: nn.Module | nnx.Module, *args: Any, estimator
       ValueError: an unknown ``estimator``, no batches, no ``batch_stats`` collection (linen), or no jaxnorm
         BatchNorm layer with running statistics reached by the batches.
       TypeError: ``model`` is neither a linen nor an NNX module.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxnorm as jn
+      >>> import jaxnorm.linen as jnn
+      >>> bn = jnn.BatchNorm1d(1)
+      >>> batches = [jnp.array([[0.0], [2.0]]), jnp.array([[10.0], [12.0], [14.0], [16.0]])]
+      >>> variables = bn.init(jax.random.key(0), batches[0], train=False)
+      >>> for estimator in ("mean", "population"):
+      ...     stats = jn.recalibrate_batch_stats(bn, variables, batches, estimator=estimator)["batch_stats"]
+      ...     print(estimator, float(stats["running_mean"][0]), round(float(stats["running_var"][0]), 3))
+      mean 7.0 4.333
+      population 9.0 42.8
+
+    References:
+      Wu & Johnson, Rethinking "Batch" in BatchNorm, 2021, https://arxiv.org/abs/2105.07576 (precise BN);
+      PyTorch's ``torch.optim.swa_utils.update_bn``, https://pytorch.org/docs/stable/optim.html#swa-and-ema
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"recalibrate_batch_stats: expected estimator to be one of {ESTIMATORS}, got {estimator!r}")

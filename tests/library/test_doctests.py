@@ -1,0 +1,59 @@
+"""The library's docstrings: every example runs and prints what it says (doctest, under the suite's strict
+promotion), and every public module and name has an example and a reference.
+
+Public: the modules of jaxnorm/ not named with a leading underscore, and the names in their ``__all__``.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import inspect
+import io
+import pkgutil
+
+import pytest
+
+import jaxnorm
+
+MODULES = ["jaxnorm", *sorted(m.name for m in pkgutil.iter_modules(jaxnorm.__path__, "jaxnorm."))]
+PUBLIC_MODULES = [name for name in MODULES if not name.rsplit(".", 1)[-1].startswith("_")]
+# Front-ends whose docstrings their own work is completing: they still lack a module example and "References:"
+# sections. Strict: once one has them, its test passes, fails here as XPASS, and its line goes.
+INCOMPLETE = {"jaxnorm.equinox": "issue 26", "jaxnorm.migrate": "issue 27"}
+
+
+def _import(name: str):
+    """The module, or a skip when it needs a library this environment lacks (jaxnorm.equinox without Equinox)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "jaxnorm":
+            raise
+        pytest.skip(f"{name} needs {e.name}, which is not installed")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_examples_run(name):
+    module = _import(name)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    report = io.StringIO()
+    for test in doctest.DocTestFinder().find(module, name):
+        runner.run(test, out=report.write)
+    assert runner.failures == 0, report.getvalue()
+
+
+def _lacks(obj: object) -> list[str]:
+    doc = inspect.getdoc(obj) or ""
+    return [what for what, mark in (("example", ">>>"), ("reference", "References:")) if mark not in doc]
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"docstrings in progress ({INCOMPLETE[name]})"))
+    if name in INCOMPLETE else name for name in PUBLIC_MODULES])
+def test_every_public_name_has_an_example_and_a_reference(name):
+    module = _import(name)
+    assert hasattr(module, "__all__"), f"{name} declares no __all__"
+    missing = {f"{name} (module)": _lacks(module)}
+    missing.update({f"{name}.{attr}": _lacks(getattr(module, attr)) for attr in module.__all__})
+    assert not {k: v for k, v in missing.items() if v}
