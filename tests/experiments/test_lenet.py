@@ -8,6 +8,7 @@ optimizer and schedule, the fan-in formulas of PyTorch's default init, and an un
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import jaxnorm as jn
 from experiments import lenet
 from experiments.common import compile, images, models, steps, training
 
@@ -86,7 +88,8 @@ def _torch_lenet(torch):
     return LeNet
 
 
-def test_lenet_matches_the_lessons_pytorch_lenet_with_copied_weights():
+@pytest.mark.parametrize("blocked", [False, True])
+def test_lenet_matches_the_lessons_pytorch_lenet_with_copied_weights(blocked):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tnet = _torch_lenet(torch)(classes=2).eval()
@@ -98,8 +101,70 @@ def test_lenet_matches_the_lessons_pytorch_lenet_with_copied_weights():
         params[name] = {"kernel": sd[f"{name}.weight"].T, "bias": sd[f"{name}.bias"]}
     x = np.random.default_rng(1).normal(size=(4, 3, 32, 32)).astype(np.float32)
     want = tnet(torch.from_numpy(x)).detach().numpy()
-    got = models.LeNet().apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    got = models.LeNet(blocked=blocked).apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_blocked_kernel_is_the_direct_kernel_at_every_tap():
+    """blocked_kernel's tap (ky, kx, (dy, dx, c)) of output channel (py, px, o) is kernel[2ky+dy-py, 2kx+dx-px, c, o],
+    zero outside the 5x5 kernel: checked entry by entry against that formula."""
+    kernel = np.random.default_rng(0).normal(size=(5, 5, 2, 3)).astype(np.float32)
+    got = np.asarray(models.blocked_kernel(jnp.asarray(kernel))).reshape(3, 3, 2, 2, 2, 2, 2, 3)
+    for ky, kx, dy, dx, c, py, px, o in np.ndindex(3, 3, 2, 2, 2, 2, 2, 3):
+        i, j = 2 * ky + dy - py, 2 * kx + dx - px
+        want = kernel[i, j, c, o] if 0 <= i < 5 and 0 <= j < 5 else 0.0
+        assert got[ky, kx, dy, dx, c, py, px, o] == want
+
+
+@pytest.mark.parametrize("config", ["plain", "bn"])
+def test_blocked_convolutions_compute_the_direct_models_values_to_float32_rounding(config):
+    """make_model's LeNet and LeNet_bn (blocked_conv, the experiments' models) against the same models with
+    nn.Conv and a reshape pool: the same initial parameters bit for bit; the same logits, batch statistics and
+    gradients to float32 rounding (the convolutions sum in another order); a padded, masked batch included."""
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(5, 32, 32, 3)), jnp.float32)
+    y, mask = jnp.array([0, 1, 1, 0, 1]), jnp.array([True, True, True, True, False])
+    direct, blocked = models.make_model(config, blocked=False), models.make_model(config)
+    variables = direct.init(jax.random.key(3), x)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(blocked.init(jax.random.key(3), x)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    def loss(model, params):
+        logits, updates = model.apply({**variables, "params": params}, x, train=True, mask=mask,
+                                      mutable=["batch_stats"])
+        return training.cross_entropy(logits, y, mask)[0], (logits, updates)
+
+    @jax.jit
+    def both(params):
+        return [jax.value_and_grad(functools.partial(loss, m), has_aux=True)(params) for m in (direct, blocked)]
+
+    (want, grads_want), (got, grads_got) = both(variables["params"])
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):  # loss, logits, batch statistics
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    # Gradients to 1e-5 of the largest one: a conv bias before BN has a gradient of 0 plus rounding (measured
+    # 5e-8 against 0.53 for conv1's kernel), and BN's weights carry a few ulp of the conv's reordered sums.
+    scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads_want))
+    for a, b in zip(jax.tree.leaves(grads_want), jax.tree.leaves(grads_got), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5 * scale)
+    evals = [m.apply(variables, x, train=False) for m in (direct, blocked)]
+    np.testing.assert_allclose(np.asarray(evals[1]), np.asarray(evals[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_nnx_lenet_computes_blocked_as_linen_does():
+    """NnxLeNet(blocked=True), the --api nnx model, against the linen blocked model with the same weights."""
+    from flax import nnx
+
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 32, 32, 3)), jnp.float32)
+    variables = models.LeNetBN().init(jax.random.key(0), x)
+    nnx_model = nnx.eval_shape(lambda: models.NnxLeNet(2, bn=True, rngs=nnx.Rngs(0)))
+    jn.torch_to_nnx(jn.flax_to_torch_state_dict(variables), nnx_model)
+    nnx_model.eval()
+    np.testing.assert_allclose(np.asarray(nnx_model(x)), np.asarray(models.LeNetBN().apply(variables, x)),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_a_blocked_lenet_refuses_layer_norm():
+    with pytest.raises(ValueError, match="not 'ln'"):
+        models.LeNet(norm="ln", blocked=True).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 def test_parameter_names_and_shapes_are_pytorchs():
