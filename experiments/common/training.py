@@ -238,6 +238,9 @@ def train_epoch(compiled: Compiled, state: State, data: Dataset, *, seed: int, e
     """One pass over the training set in the order and with the crops of ``(seed, epoch)``.
 
     The loop dispatches asynchronously: losses stay on the device until the epoch ends (one host sync per epoch).
+    On one device the batch goes to the compiled step as NumPy arrays, which the call transfers itself: placing
+    them first (``jnp.asarray``, four calls) cost 80-95 us of host time per step, and LeNet's training phase took
+    1/0.80 as long (10 alternating rounds on the shared 2-core VM, load 5-6; docs/performance.md, LeNet).
     """
     t0 = time.perf_counter()
     order, offsets = epoch_order(seed, epoch, len(data.train_y))
@@ -245,7 +248,9 @@ def train_epoch(compiled: Compiled, state: State, data: Dataset, *, seed: int, e
     losses, correct = [], []
     for k, (idx, mask) in enumerate(padded_batches(order, batch_size)):
         off = offsets[k * batch_size:(k + 1) * batch_size]  # offsets belong to positions in the epoch's order
-        batch = devices.put_global_batch(compiled.mesh, train_batch(data, idx, mask, off))
+        batch = train_batch(data, idx, mask, off)
+        if compiled.mesh is not None:
+            batch = devices.put_global_batch(compiled.mesh, batch)
         state, (loss, n_correct) = compiled.step(state, *batch)
         losses.append(loss)
         correct.append(n_correct)
