@@ -31,7 +31,7 @@ from pathlib import Path
 
 import jax
 
-from experiments.common import bn_extras, checkpoint, devices, images, models, plots, steps, training
+from experiments.common import bn_extras, checkpoint, compile, devices, images, models, plots, steps, training
 from experiments.common.checkpoint import CheckpointError, CheckpointWarning
 from experiments.common.images import DataError, DataWarning
 
@@ -60,6 +60,7 @@ class RunConfig:
     on_nan: str = "continue"
     export_folded: Path | None = None
     inspect: bool = False
+    compile_cache: str | None = None  # a folder, "off", or None: the configured or default folder
 
 
 # ------------------------------------------------------------------------------------------------ 1. data
@@ -139,6 +140,12 @@ def write_outputs(cfg: RunConfig, data, results: dict, timer: training.Timer, wa
 # ------------------------------------------------------------------------------------------------ main
 def run(cfg: RunConfig, log=print) -> dict[str, list[dict]]:
     """Everything :func:`main` does, raising DataError/CheckpointError/UsageError instead of exiting."""
+    with compile.persistent_cache(cfg.compile_cache) as folder:
+        log(f"compilation cache: {folder or 'off'}")
+        return _run(cfg, log)
+
+
+def _run(cfg: RunConfig, log) -> dict[str, list[dict]]:
     t0 = time.perf_counter()
     timer = training.Timer()
     data = load_data(cfg, log)
@@ -200,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-folded", type=Path, metavar="FILE", default=None,
                    help="after training 'bn', fold its BN layers into conv/fc and write LeNet params (msgpack)")
     p.add_argument("--inspect", action="store_true", help="print per-layer activation statistics at initialization")
+    p.add_argument("--compile-cache", metavar="DIR|off", default=None,
+                   help="JAX's persistent compilation cache: a run loads the programs an earlier run compiled "
+                   "instead of compiling them again; 'off' compiles everything (default: $JAX_COMPILATION_CACHE_DIR "
+                   f"if set, else {compile.default_cache_dir()})")
     return devices.add_distributed_args(p)  # multi-host: --coordinator-address, --num-processes, --process-id
 
 

@@ -306,8 +306,34 @@ def test_help_lists_the_designed_flags(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--data", "--out", "--config", "--epochs", "--batch-size", "--lr", "--seed", "--checkpoint-dir",
-                 "--resume", "--devices", "--on-nan", "--export-folded", "--inspect", "--api"):
+                 "--resume", "--devices", "--on-nan", "--export-folded", "--inspect", "--api", "--compile-cache"):
         assert flag in out, flag
+
+
+def test_a_run_fills_the_compilation_cache_it_is_given_and_the_next_run_loads_every_program_from_it(tmp_path):
+    """--compile-cache DIR: the first run writes its compiled programs there; the second compiles nothing new (no
+    new entry) and trains to the same metrics. The suite's own cache (tests/conftest.py) is set again afterwards."""
+    suite_cache = jax.config.jax_compilation_cache_dir
+    cache = tmp_path / "xla"
+    args = ["--data", "synthetic", "--epochs", "1", "--config", "plain", "--compile-cache", str(cache)]
+    first = lenet.main([*args, "--out", str(tmp_path / "first")])
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) >= 3  # at least the initialization, the step and the evaluation
+    second = lenet.main([*args, "--out", str(tmp_path / "second")])
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    assert second == first
+    assert jax.config.jax_compilation_cache_dir == suite_cache
+
+
+def test_the_compilation_cache_is_the_callers_unless_a_folder_or_off_is_given(tmp_path):
+    configured = jax.config.jax_compilation_cache_dir  # the suite's (tests/conftest.py), or the caller's
+    with compile.persistent_cache(None) as folder:
+        assert folder == (configured or str(compile.default_cache_dir()))
+    with compile.persistent_cache(str(tmp_path)) as folder:
+        assert folder == str(tmp_path) and jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    with compile.persistent_cache("off") as folder:
+        assert folder is None and not jax.config.jax_enable_compilation_cache
+    assert jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir == configured
 
 
 def test_resume_without_checkpoint_dir_is_a_one_line_error(tmp_path, capsys):
