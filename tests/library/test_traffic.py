@@ -95,3 +95,20 @@ def test_an_elementwise_mask_costs_the_readmes_traffic():
     got_fwd, got_fwdbwd = traffic(apply, x, params, mask), traffic(step, x, params, x, mask)
     assert abs(got_fwd - 11) < 0.3, f"masked forward: expected 11N of traffic, measured {got_fwd:.3f}N"
     assert abs(got_fwdbwd - 22) < 0.3, f"masked forward+backward: expected 22N of traffic, measured {got_fwdbwd:.3f}N"
+
+
+def test_group_norm_channels_last_broadcasts_its_statistics_per_channel():
+    """What makes GroupNorm NHWC fast (_stats._minor_expanded): its group statistics (N, 1, 1, G, 1) are expanded to
+    per-channel arrays (N, 1, 1, G, C/G) before any full-size kernel uses them, in the forward and in the backward;
+    channels-first GroupNorm, whose minor axis is spatial, keeps them per group."""
+    def jaxpr(shape, axis):
+        params = jn.group_norm_init(4, 16)
+
+        def step(x, p, dy):
+            return jax.vjp(lambda x_, p_: jn.group_norm(x_, p_, 4, axis=axis), x, p)[1](dy)
+
+        return str(jax.make_jaxpr(step)(jnp.ones(shape), params, jnp.ones(shape)))
+
+    channels_last = jaxpr((4, 8, 8, 16), -1)
+    assert channels_last.count("f32[4,1,1,4,4] = broadcast_in_dim") >= 6  # hi, lo, 1/σ: forward and backward
+    assert "f32[4,4,4,1,1] = broadcast_in_dim" not in jaxpr((4, 16, 8, 8), 1)
