@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-cache", metavar="DIR|off", default=None,
                    help="JAX's persistent compilation cache: a run loads the programs an earlier run compiled "
                    "instead of compiling them again; 'off' compiles everything (default: $JAX_COMPILATION_CACHE_DIR "
-                   f"if set, else {compile.default_cache_dir()})")
+                   f"if set, none if JAX_ENABLE_COMPILATION_CACHE=false, else {compile.default_cache_dir()})")
     return devices.add_distributed_args(p)  # multi-host: --coordinator-address, --num-processes, --process-id
 
 

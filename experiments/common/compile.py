@@ -73,16 +73,16 @@ def default_cache_dir() -> Path:
 def persistent_cache(setting: str | None) -> Iterator[str | None]:
     """JAX's persistent compilation cache while the block runs; yields the folder used (None: no cache).
 
-    ``setting``: a folder; ``"off"`` (compile everything); or None: the cache the caller configured
-    (``JAX_COMPILATION_CACHE_DIR``, or the test suite's per-run folder), else :func:`default_cache_dir`. The
-    settings and JAX's cache state are restored afterwards, so a run inside a longer process (a test) leaves the
-    process as it found it. Must be entered before the run's first compilation: JAX decides once whether to use
-    the cache (``reset_cache`` makes it decide again).
+    ``setting``: a folder; ``"off"`` (compile everything); or None: what the caller configured (a folder in
+    ``JAX_COMPILATION_CACHE_DIR`` or the test suite's per-run one; no cache with
+    ``JAX_ENABLE_COMPILATION_CACHE=false``), else :func:`default_cache_dir`. The settings and JAX's cache state are restored afterwards, so a run inside a
+    longer process (a test) leaves the process as it found it. Must be entered before the run's first compilation:
+    JAX decides once whether to use the cache (``reset_cache`` makes it decide again).
     """
-    configured = jax.config.jax_compilation_cache_dir
+    configured = jax.config.jax_compilation_cache_dir is not None or not jax.config.jax_enable_compilation_cache
     if setting == "off":
         changes = {"jax_enable_compilation_cache": False}
-    elif setting is None and configured is not None:
+    elif setting is None and configured:
         changes = {}
     else:
         folder = Path(setting) if setting is not None else default_cache_dir()

@@ -333,6 +333,8 @@ def test_the_compilation_cache_is_the_callers_unless_a_folder_or_off_is_given(tm
         assert folder == str(tmp_path) and jax.config.jax_persistent_cache_min_compile_time_secs == 0
     with compile.persistent_cache("off") as folder:
         assert folder is None and not jax.config.jax_enable_compilation_cache
+        with compile.persistent_cache(None) as inner:  # JAX_ENABLE_COMPILATION_CACHE=false: the caller's "off"
+            assert inner is None and not jax.config.jax_enable_compilation_cache
     assert jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir == configured
 
 
