@@ -6,7 +6,9 @@
 #     bash scripts/compare_lenet_wall.sh [REV] [ROUNDS] [JSON]   # default 3ac81a3 (before the experiments
 #                                                                 # redesign), 8 rounds, benchmarks/lenet/before_after.json
 # Both sides train on the photos folder (--data ../shared/data/cats_dogs): the earlier revision has no embedded
-# array file.
+# array file. Both compile everything (JAX_ENABLE_COMPILATION_CACHE=false): since 3ede84e a run loads the programs
+# an earlier run compiled (a persistent compilation cache), which a comparison of cold runs must not see;
+# scripts/time_lenet.sh measures cold and warm runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev="${1:-3ac81a3}"
@@ -21,8 +23,8 @@ source scripts/real_seconds.sh
 times=()
 one() {  # one SIDE DIR: the real time of one run, appended to times as "SIDE SECONDS"
   local seconds
-  seconds=$(real_seconds "$scratch/log" env -C "$2" PYTHONPATH="$2" python -m experiments.lenet --data "$data" \
-    --out "$scratch/out_$1")
+  seconds=$(real_seconds "$scratch/log" env -C "$2" PYTHONPATH="$2" JAX_ENABLE_COMPILATION_CACHE=false \
+    python -m experiments.lenet --data "$data" --out "$scratch/out_$1")
   times+=("$1" "$seconds")
   echo "round $round $1: ${times[-1]} s"
 }
@@ -44,7 +46,7 @@ environment = {"python": f"{sys.executable} ({platform.python_version()})", **ve
                # flax.nnx imports IPython when it is installed, which lengthens every command that imports flax.nnx
                "ipython_installed": importlib.util.find_spec("IPython") is not None}
 record = {"what": "real time of `python -m experiments.lenet --data ../shared/data/cats_dogs` (three configs), "
-                  "alternating runs (scripts/compare_lenet_wall.sh)",
+                  "alternating runs (scripts/compare_lenet_wall.sh), no persistent compilation cache",
           "date": datetime.date.today().isoformat(), "environment": environment, "before": rev, "after": head,
           "runs": runs, "median": median,
           "after_over_before": round(median["after"] / median["before"], 4),
