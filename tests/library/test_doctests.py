@@ -6,8 +6,10 @@ Public: the modules of jaxnorm/ not named with a leading underscore, and the nam
 
 from __future__ import annotations
 
+import ast
 import doctest
 import importlib
+import importlib.util
 import inspect
 import io
 import pkgutil
@@ -33,14 +35,31 @@ def _import(name: str):
         pytest.skip(f"{name} needs {e.name}, which is not installed")
 
 
+def _missing_library(test: doctest.DocTest) -> str | None:
+    """A library the docstring's examples import that this environment lacks (Keras, Haiku and Equinox are not in
+    the minimum-versions environment), or None."""
+    for example in test.examples:
+        for node in ast.walk(ast.parse(example.source)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for top in {n.split(".")[0] for n in names}:
+                if importlib.util.find_spec(top) is None:
+                    return top
+    return None
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_examples_run(name):
     module = _import(name)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     report = io.StringIO()
-    for test in doctest.DocTestFinder().find(module, name):
+    tests = doctest.DocTestFinder().find(module, name)
+    runnable = [test for test in tests if _missing_library(test) is None]
+    for test in runnable:
         runner.run(test, out=report.write)
     assert runner.failures == 0, report.getvalue()
+    if len(runnable) < len(tests):
+        pytest.skip(f"{len(tests) - len(runnable)} docstring(s) of {name} import a library that is not installed")
 
 
 def _lacks(obj: object) -> list[str]:
