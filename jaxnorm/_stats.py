@@ -16,20 +16,26 @@ and along which axes the affine parameters live. Everything numerical happens he
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Axes = tuple[int, ...]
+Array = jax.Array
+MaybeArray = jax.Array | None  # an absent term or factor (a parameter the layer lacks, a symbolic-zero tangent)
+Groups = tuple[tuple[int, ...], ...]
+Triple = tuple[jax.Array, jax.Array, jax.Array]  # (mean_hi, mean_lo, var)
+Tree = TypeVar("Tree")
 
 
-def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
+def compute_dtype(dtype: Any) -> np.dtype[Any]:
     """Statistics are accumulated in at least float32 (float16/bfloat16 → float32, float64 stays)."""
-    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
+    return np.dtype(np.float32) if jnp.finfo(dtype).bits < 32 else np.dtype(dtype)
 
 
 def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
@@ -37,7 +43,7 @@ def group_size(shape: Sequence[int], reduce_axes: Axes) -> int:
     return math.prod(shape[a] for a in reduce_axes)
 
 
-def _distinct(tree, tag: int):
+def _distinct(tree: Tree, tag: int) -> Tree:
     """The same values behind an optimization barrier, so XLA treats expressions built on them as different.
 
     Used where several fused passes each recompute a cheap elementwise expression of ``x`` (``x − s``, ``x̂``):
@@ -48,7 +54,8 @@ def _distinct(tree, tag: int):
     values, token = lax.optimization_barrier((tree, jnp.zeros((tag,), jnp.int8)))
     # XLA drops barrier operands whose results are unused, after which equal barriers are merged again: make every
     # value depend on the token (a float ``0 * t`` is not folded: it would be NaN for an infinite ``t``).
-    return jax.tree.map(lambda v: v + 0 * token[0].astype(v.dtype), values)
+    result: Tree = jax.tree.map(lambda v: v + 0 * token[0].astype(v.dtype), values)
+    return result
 
 
 def _valid(v: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -58,12 +65,13 @@ def _valid(v: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 class Moments(NamedTuple):
     """Statistics of each group, reduced axes kept as size-1 dims: ``mean = hi + lo`` (an unevaluated sum),
-    the biased variance (or ``E[x²]`` uncentred) and the number of valid elements (a float array; a constant without mask)."""
+    the biased variance (or ``E[x²]`` uncentred) and the number of valid elements (a float array; a constant
+    without a mask)."""
 
     hi: jax.Array
     lo: jax.Array
     var: jax.Array
-    count: jax.Array
+    valid: jax.Array  # (not ``count``: a NamedTuple field may not shadow tuple.count)
 
 
 # --------------------------------------------------------------------------------------------- local moments
@@ -126,7 +134,7 @@ def block_sum(v: jax.Array, reduce_axes: Axes, block: int = SUM_BLOCK) -> jax.Ar
     return partial_sums
 
 
-def _plain_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array]:
+def _plain_moments(x: Array, mask: MaybeArray, *, reduce_axes: Axes, n: Array | int) -> tuple[Array, Array]:
     """``(E[x], E[x²] − E[x]²)``: two plain sums with no broadcast operand (the fastest reductions on XLA:CPU).
 
     A mask enters as a 0/1 factor, not a ``where``: XLA:CPU fuses a product into the reduction but materializes a
@@ -147,7 +155,7 @@ def _fast_two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return hi, (a - hi) + b
 
 
-def _mask_count(mask: jax.Array, shape: Sequence[int], reduce_axes: Axes, dtype) -> jax.Array:
+def _mask_count(mask: Array, shape: Sequence[int], reduce_axes: Axes, dtype: Any) -> Array:
     """Valid elements per group, summed on the mask's own (possibly broadcast) shape: a mask of shape (N, 1, 1)
     for an input (N, C, L) costs a reduction over N, not over N·C·L."""
     own = tuple(a for a in reduce_axes if mask.shape[a] > 1)
@@ -177,7 +185,7 @@ def _first_valid(x: jax.Array, mask: jax.Array, reduce_axes: Axes) -> jax.Array:
     return jnp.where(first < size, x[indices], jnp.zeros((), x.dtype))
 
 
-def _shift(x: jax.Array, reduce_axes: Axes, mask) -> jax.Array:
+def _shift(x: Array, reduce_axes: Axes, mask: MaybeArray) -> Array:
     """One valid sample of ``x`` per statistics group (the first one), kept as a broadcastable slice.
 
     Why: ``Var[x] = E[(x−s)²] − E[x−s]²`` holds for any constant ``s``; choosing ``s`` from the data puts it within a
@@ -190,8 +198,8 @@ def _shift(x: jax.Array, reduce_axes: Axes, mask) -> jax.Array:
     return lax.stop_gradient(x[index])
 
 
-def _shifted_moments(x, mask, *, reduce_axes: Axes, n, shift=None, block: int = SUM_BLOCK
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _shifted_moments(x: Array, mask: MaybeArray, *, reduce_axes: Axes, n: Array | int, shift: MaybeArray = None,
+                     block: int = SUM_BLOCK) -> Triple:
     """``(mean_hi, mean_lo, var)``: the shifted one-pass moments, the mean as ``hi + lo``; by default shifted by
     the first valid sample of each group (:func:`_shift`)."""
     shift = _shift(x, reduce_axes, mask) if shift is None else lax.stop_gradient(shift)
@@ -216,11 +224,11 @@ def _all_true(ok: jax.Array) -> jax.Array:
 
 
 @_all_true.def_vmap
-def _all_true_vmap(axis_size, in_batched, ok):
+def _all_true_vmap(axis_size: int, in_batched: list[bool], ok: Array) -> tuple[Array, bool]:
     return jnp.all(ok), False
 
 
-def _shifted_by_mean(x, mask, mean, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _shifted_by_mean(x: Array, mask: MaybeArray, mean: Array, *, reduce_axes: Axes, n: Array | int) -> Triple:
     """The shifted moments with the plain mean ``mean`` as the shift: a two-pass variance with its correction term.
 
     It amplifies the sums' rounding by ``1 + 3(μ − μ_p)²/σ²``, where ``|μ − μ_p| ≲ γ|μ|`` for sums of relative error
@@ -234,7 +242,7 @@ def _shifted_by_mean(x, mask, mean, *, reduce_axes: Axes, n) -> tuple[jax.Array,
     return _shifted_moments(x, mask, reduce_axes=reduce_axes, n=n, shift=shift, block=SHIFTED_SUM_BLOCK)
 
 
-def _plain_or_shifted_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _plain_or_shifted_moments(x: Array, mask: MaybeArray, *, reduce_axes: Axes, n: Array | int) -> Triple:
     """The plain moments when every group is well conditioned (``μ² ≤ σ²``), else those shifted by the plain mean.
 
     Why: on XLA:CPU a reduction whose operand subtracts a broadcast shift runs ~1.8× slower than a plain ``Σx``,
@@ -245,11 +253,12 @@ def _plain_or_shifted_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Arr
     mean, var = _plain_moments(x, mask, reduce_axes=reduce_axes, n=n)
     mean_sq, var_c = lax.stop_gradient((mean * mean, var))
     well_conditioned = _all_true(mean_sq <= _PLAIN_VARIANCE_MAX_MEAN_SQ_OVER_VAR * var_c)
-    return lax.cond(well_conditioned, lambda: (mean, jnp.zeros_like(mean), var),
-                    lambda: _shifted_by_mean(x, mask, mean, reduce_axes=reduce_axes, n=n))
+    chosen: Triple = lax.cond(well_conditioned, lambda: (mean, jnp.zeros_like(mean), var),
+                              lambda: _shifted_by_mean(x, mask, mean, reduce_axes=reduce_axes, n=n))
+    return chosen
 
 
-def _two_pass_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _two_pass_moments(x: Array, mask: MaybeArray, *, reduce_axes: Axes, n: Array | int) -> Triple:
     """The plain mean, then the moments shifted by it: small inputs on the CPU, where one kernel more costs less
     than the plain-or-shifted conditional (a few microseconds) and the first sample's shift would amplify rounding by
     up to ``1 + 3z²`` for a sample ``z`` standard deviations from the mean."""
@@ -259,6 +268,7 @@ def _two_pass_moments(x, mask, *, reduce_axes: Axes, n) -> tuple[jax.Array, jax.
 
 def local_moments(x: jax.Array, reduce_axes: Axes, mask: jax.Array | None = None, *, center: bool = True) -> Moments:
     """Moments of one device's ``x`` (already in the compute dtype) over ``reduce_axes``; see :func:`moments`."""
+    n: Array | int
     if mask is None:
         n = group_size(x.shape, reduce_axes)
         count = jnp.asarray(n, x.dtype)
@@ -276,7 +286,7 @@ def local_moments(x: jax.Array, reduce_axes: Axes, mask: jax.Array | None = None
 
 
 # ------------------------------------------------------------------------------------------ across devices
-def _combine(local: Moments, axis_name: Hashable, groups: tuple[tuple[int, ...], ...] | None) -> Moments:
+def _combine(local: Moments, axis_name: Hashable, groups: Groups | None) -> Moments:
     r"""Moments of the union of every device's data (or of its device group's), from each device's moments.
 
     All-gathers ``(hiᵢ, loᵢ, σᵢ², nᵢ)`` in ONE collective and combines them with Chan's parallel formula weighted by
@@ -292,7 +302,7 @@ def _combine(local: Moments, axis_name: Hashable, groups: tuple[tuple[int, ...],
     """
     devices = lax.axis_size(axis_name)
     me = lax.axis_index(axis_name)
-    count = jnp.broadcast_to(jnp.asarray(local.count, local.var.dtype), local.var.shape)
+    count = jnp.broadcast_to(jnp.asarray(local.valid, local.var.dtype), local.var.shape)
     rows = jnp.stack([local.hi, local.lo, local.var, count])
     one_hot = (jnp.arange(devices, dtype=me.dtype) == me).reshape((devices,) + (1,) * rows.ndim)
     # A psum's result is replicated (the same value and, under shard_map, the same "invariant" type on every
@@ -364,7 +374,7 @@ class Renorm(NamedTuple):
     d_max: jax.Array
 
 
-def _renorm_correction(st: Moments, inv_std, renorm: Renorm | None, eps: float):
+def _renorm_correction(st: Moments, inv_std: Array, renorm: Renorm | None, eps: float) -> tuple[MaybeArray, MaybeArray]:
     r"""``(r, d)`` with ``x̂·r + d`` the renormalized output, both held constant (``stop_gradient``); None without.
 
     .. math:: r = \mathrm{clip}\big(\sigma_B/\sigma,\ 1/r_{max},\ r_{max}\big),\quad
@@ -380,24 +390,25 @@ def _renorm_correction(st: Moments, inv_std, renorm: Renorm | None, eps: float):
     return lax.stop_gradient(r), lax.stop_gradient(d)
 
 
-def _add(*terms):
+def _add(*terms: MaybeArray) -> MaybeArray:
     """The sum of the terms that are not None (None when all are)."""
     present = [t for t in terms if t is not None]
     return None if not present else present[0] if len(present) == 1 else sum(present[1:], present[0])
 
 
-def _mul(*factors):
+def _mul(*factors: MaybeArray) -> MaybeArray:
     """The product of the factors that are not None — None stands for a factor of 1 (None when all are)."""
     present = [f for f in factors if f is not None]
     return None if not present else present[0] if len(present) == 1 else math.prod(present[1:], start=present[0])
 
 
-def _both(a, b):
+def _both(a: MaybeArray, b: MaybeArray) -> MaybeArray:
     """``a · b``, or None (an absent term) when either is None."""
     return None if a is None or b is None else a * b
 
 
-def _minor_expanded(spec: Spec, x, stats, weight, bias, r):
+def _minor_expanded(spec: Spec, x: Array, stats: Triple, weight: MaybeArray, bias: MaybeArray, r: MaybeArray
+                    ) -> Triple:
     """``stats`` broadcast along the last axis of ``x`` when that axis is reduced but the parameters vary along it
     (GroupNorm channels-last: the channels of a group), as small arrays of their own.
 
@@ -411,14 +422,16 @@ def _minor_expanded(spec: Spec, x, stats, weight, bias, r):
     shared = _shared_axes(spec, x, weight, bias, r)
     if not shared or minor not in spec.reduce_axes or minor in shared:
         return stats
-    return _distinct(tuple(jnp.broadcast_to(v, v.shape[:-1] + x.shape[-1:]) for v in stats), 11)
+    hi, lo, inv_std = (jnp.broadcast_to(v, v.shape[:-1] + x.shape[-1:]) for v in stats)
+    return _distinct((hi, lo, inv_std), 11)
 
 
-def _x_hat(x, hi, lo, inv_std, center: bool):
+def _x_hat(x: Array, hi: Array, lo: Array, inv_std: Array, center: bool) -> Array:
     return ((x - hi) - lo) * inv_std if center else x * inv_std
 
 
-def _forward(spec: Spec, x, weight, bias, mask, renorm):
+def _forward(spec: Spec, x: Array, weight: MaybeArray, bias: MaybeArray, mask: MaybeArray, renorm: Renorm | None
+             ) -> tuple[tuple[Array, Array, Array, Array], tuple[Any, ...]]:
     """Primal outputs ``(y, mean_hi, var, count)`` and what the tangent rule needs."""
     x = x.astype(compute_dtype(x.dtype))
     weight, bias = (None if p is None else p.astype(x.dtype) for p in (weight, bias))
@@ -427,19 +440,21 @@ def _forward(spec: Spec, x, weight, bias, mask, renorm):
     r, d = _renorm_correction(st, inv_std, renorm, spec.eps)
     scale, shift = _mul(weight, r), _add(bias, None if d is None else _mul(weight, d))  # y = x̂·scale + shift
     hi, lo, i = _minor_expanded(spec, x, (st.hi, st.lo, inv_std), weight, bias, r)
-    y = _add(_mul(_x_hat(x, hi, lo, i, spec.center), scale), shift)
-    return (_valid(y, mask), st.hi + st.lo, st.var, st.count), (x, st, inv_std, scale, r, d)
+    y = _x_hat(x, hi, lo, i, spec.center)
+    y = y if scale is None else y * scale
+    y = y if shift is None else y + shift
+    return (_valid(y, mask), st.hi + st.lo, st.var, st.valid), (x, st, inv_std, scale, r, d)
 
 
 def normalize(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, spec: Spec, *,
-              mask: jax.Array | None = None, renorm: Renorm | None = None):
+              mask: jax.Array | None = None, renorm: Renorm | None = None) -> tuple[Array, Array, Array, Array]:
     r"""Normalize with batch statistics over ``spec.reduce_axes`` and apply the affine map.
 
     .. math::
         \hat x = \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}}, \qquad y = \hat x\,\gamma + \beta
 
-    (``x̂ = x / √(E[x²] + ε)`` with ``spec.center=False``; ``y = (x̂·r + d)·γ + β`` with ``renorm``.) ``weight``/``bias``
-    (or None) are already shaped to broadcast against ``x``. Returns ``(y, μ, σ², count)``: ``y`` in the compute dtype
+    (``x̂ = x / √(E[x²] + ε)`` with ``spec.center=False``; ``y = (x̂·r + d)·γ + β`` with ``renorm``.)
+    ``weight``/``bias`` (or None) are already shaped to broadcast against ``x``. Returns ``(y, μ, σ², count)``: ``y`` in the compute dtype
     (≥ float32) and 0 where ``mask`` is False; the statistics with the reduced axes kept as size-1 dims.
 
     Without ``axis_name`` the derivatives are :func:`_normalize_jvp`'s. With ``axis_name`` (statistics over a named
@@ -451,22 +466,24 @@ def normalize(x: jax.Array, weight: jax.Array | None, bias: jax.Array | None, sp
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _normalize_local(spec: Spec, x, weight, bias, mask, renorm):
+def _normalize_local(spec: Spec, x: Array, weight: MaybeArray, bias: MaybeArray, mask: MaybeArray,
+                     renorm: Renorm | None) -> tuple[Array, Array, Array, Array]:
     """:func:`normalize` on one device, with the linear tangent rule :func:`_normalize_jvp`."""
     return _forward(spec, x, weight, bias, mask, renorm)[0]
 
 
-def _tangent_or_none(t, dtype):
+def _tangent_or_none(t: Any, dtype: Any) -> MaybeArray:
     return None if t is None or isinstance(t, jax.custom_derivatives.SymbolicZero) else t.astype(dtype)
 
 
-def _shared_axes(spec: Spec, x, *small) -> Axes:
+def _shared_axes(spec: Spec, x: Array, *small: MaybeArray) -> Axes:
     """Reduced axes along which neither the parameters nor the renorm factors vary (BN: all; IN, GN: spatial)."""
     return tuple(a for a in spec.reduce_axes
                  if x.shape[a] != 1 and all(s is None or jnp.shape(s)[a] == 1 for s in small))
 
 
-def _normalize_jvp(spec: Spec, primals, tangents):
+def _normalize_jvp(spec: Spec, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+                   ) -> tuple[tuple[Array, Array, Array, Array], tuple[Array, Array, Array, Array]]:
     r"""The tangent of :func:`normalize`, written so that JAX's transpose of it is the classic closed-form backward.
 
     With ``u = ẋ`` (0 off the mask), ``t₁ = Σ u``, ``t₂ = Σ u·x̂`` over the reduced axes, ``a = γ·r`` the scale:
@@ -487,12 +504,12 @@ def _normalize_jvp(spec: Spec, primals, tangents):
     x, weight, bias, mask, renorm = primals
     outputs, (x32, st, inv_std, scale, r, d) = _forward(spec, x, weight, bias, mask, renorm)
     u, dw, db = (_tangent_or_none(t, x32.dtype) for t in tangents[:3])
-    n = jnp.maximum(st.count, 1) if mask is not None else st.count
+    n = jnp.maximum(st.valid, 1) if mask is not None else st.valid
 
     shared = _shared_axes(spec, x32, weight, bias, r)
     expanded = _minor_expanded(spec, x32, (st.hi, st.lo, inv_std), weight, bias, r)
 
-    def x_hat(tag):  # a full-size x̂ recomputed by the one pass that uses it
+    def x_hat(tag: int) -> Array:  # a full-size x̂ recomputed by the one pass that uses it
         hi, lo, i = _distinct(expanded, tag)
         return _valid(_x_hat(x32, hi, lo, i, spec.center), mask)
 
@@ -513,13 +530,15 @@ def _normalize_jvp(spec: Spec, primals, tangents):
     return outputs, (dy, d_mean, d_var, zero(count))
 
 
-def _factored_tangent(x_hat, u, t1, t2, n, scale, inv_std, dw, db, r, d, mask):
+def _factored_tangent(x_hat: Callable[[int], Array], u: MaybeArray, t1: MaybeArray, t2: MaybeArray, n: Array,
+                      scale: MaybeArray, inv_std: Array, dw: MaybeArray, db: MaybeArray, r: MaybeArray, d: MaybeArray,
+                      mask: MaybeArray) -> MaybeArray:
     """``a·i·u + c₁ + x̂·c₂`` with ``c₁, c₂`` constant along the shared axes (BN, IN, GN), 0 off the mask.
 
     The mask enters as a 0/1 factor of ``c₁`` (``u`` and ``x̂`` are already 0 there), not as a final ``where``: the
     transpose then reduces ``g·m``, which XLA:CPU fuses into the reduction, instead of a materialized select.
     """
-    a_i = _mul(scale, inv_std)
+    a_i = inv_std if scale is None else scale * inv_std
     c1 = _add(db, _both(dw, d), None if t1 is None else -a_i * t1 / n)
     c2 = _add(_mul(dw, r), None if t2 is None else -a_i * t2 / n)
     if c1 is not None and mask is not None:
@@ -527,17 +546,21 @@ def _factored_tangent(x_hat, u, t1, t2, n, scale, inv_std, dw, db, r, d, mask):
     return _add(None if u is None else a_i * u, c1, None if c2 is None else x_hat(4) * c2)
 
 
-def _unfactored_tangent(x_hat, u, t1, t2, n, scale, inv_std, dw, db, r, d):
+def _unfactored_tangent(x_hat: Callable[[int], Array], u: MaybeArray, t1: MaybeArray, t2: MaybeArray, n: Array,
+                        scale: MaybeArray, inv_std: Array, dw: MaybeArray, db: MaybeArray, r: MaybeArray,
+                        d: MaybeArray) -> MaybeArray:
     """LayerNorm / RMSNorm, whose parameters vary along the reduced axes: every term full-size, each with its own
     barriered copy of the small factors (four full-size sums in the transpose)."""
 
-    def a_i(tag):
+    def a_i(tag: int) -> Array:
+        if scale is None:
+            return _distinct(inv_std, tag)
         s, i = _distinct((scale, inv_std), tag)
-        return _mul(s, i)
+        return s * i
 
     return _add(None if u is None else a_i(5) * u, None if t1 is None else -a_i(6) * t1 / n,
                 None if t2 is None else -x_hat(7) * a_i(8) * t2 / n,
-                None if dw is None else x_hat(9) * _mul(dw, r), db, _both(dw, d))
+                None if dw is None else x_hat(9) * (dw if r is None else dw * r), db, _both(dw, d))
 
 
 _normalize_local.defjvp(_normalize_jvp, symbolic_zeros=True)
@@ -550,13 +573,14 @@ def normalize_with(x: jax.Array, mean: jax.Array, var: jax.Array, eps: float) ->
     return (x - mean) * lax.rsqrt(var.astype(x.dtype) + eps)
 
 
-def broadcast_params(params: dict, shape: Sequence[int]) -> tuple[jax.Array | None, jax.Array | None]:
+def broadcast_params(params: Mapping[str, Array], shape: Sequence[int]) -> tuple[MaybeArray, MaybeArray]:
     """``(weight, bias)`` from a params dict, reshaped to the broadcast ``shape``; None where absent."""
-    return tuple(jnp.reshape(params[k], shape) if k in params else None for k in ("weight", "bias"))
+    weight, bias = (jnp.reshape(params[k], shape) if k in params else None for k in ("weight", "bias"))
+    return weight, bias
 
 
-def affine(x_hat: jax.Array, params: dict, shape: Sequence[int]) -> jax.Array:
+def affine(x_hat: Array, params: Mapping[str, Array], shape: Sequence[int]) -> Array:
     """``x̂ · weight + bias`` with the parameters reshaped to the broadcast ``shape``; missing keys are skipped."""
     weight, bias = broadcast_params(params, shape)
-    return _add(_mul(x_hat, None if weight is None else weight.astype(x_hat.dtype)),
-                None if bias is None else bias.astype(x_hat.dtype))
+    y = x_hat if weight is None else x_hat * weight.astype(x_hat.dtype)
+    return y if bias is None else y + bias.astype(x_hat.dtype)
