@@ -87,9 +87,8 @@ def arch_of(config: str) -> str:
     return "bn" if config == "bn" else "lenet"
 
 
-def train_config(config: str, state, cfg: RunConfig, data, mesh, compiled: training.Compiled,
-                 timer: training.Timer, log) -> training.FitResult:
-    """Train one config with its architecture's compiled programs, from its initial ``state`` or from its newest
+def prepare_run(config: str, state, cfg: RunConfig, data, mesh, compiled: training.Compiled, log) -> training.Run:
+    """One config's training with its architecture's compiled programs, from its initial ``state`` or from its newest
     checkpoint (``--resume``)."""
     meta = {"config": config, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "api": cfg.api,
             "data": images.fingerprint(data), "classes": list(data.classes)}
@@ -101,7 +100,6 @@ def train_config(config: str, state, cfg: RunConfig, data, mesh, compiled: train
         log(f"[{config}] resumed from {path} (next epoch {start})")
     if cfg.inspect:
         log(bn_extras.activation_table(config, state, data.train_x[:cfg.batch_size], cfg.api, len(data.classes)))
-    state = devices.replicate(mesh, state)
 
     def on_epoch_end(epoch, st, hist, nan):
         if ckdir is not None and jax.process_index() == 0:  # one writer when several hosts train together
@@ -109,9 +107,24 @@ def train_config(config: str, state, cfg: RunConfig, data, mesh, compiled: train
 
     log(f"[{config}] {cfg.api} LeNet{'_bn' if config == 'bn' else f' (init={config})'}, {cfg.epochs} epochs, "
         f"batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}")
-    return training.fit(compiled, state, data, epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size,
-                        timer=timer, start_epoch=start, history=history, nan_at=nan_at, on_nan=cfg.on_nan,
-                        on_epoch_end=on_epoch_end, desc=config, log=log)
+    return training.Run(compiled, devices.replicate(mesh, state), start, history, nan_at, on_epoch_end, config, log)
+
+
+def train(cfg: RunConfig, initial: dict, data, mesh, programs: dict, timer: training.Timer, log
+          ) -> dict[str, training.FitResult]:
+    """Every config from its initial state (or checkpoint), side by side (:func:`training.fit`: one thread per
+    config on one device; in turn on a mesh). Each config's lines stay together, in config order: the first
+    config's as they come, the others' after it."""
+    kept = {c: [] for c in cfg.configs[1:]}
+    runs = {c: prepare_run(c, initial[c], cfg, data, mesh, programs[arch_of(c)], kept[c].append if c in kept else log)
+            for c in cfg.configs}
+    try:
+        return training.fit(runs, data, epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, timer=timer,
+                            on_nan=cfg.on_nan, workers=len(runs) if mesh is None else 1)
+    finally:
+        for lines in kept.values():
+            for line in lines:
+                log(line)
 
 
 # ------------------------------------------------------------------------------------------------ 5. plot
@@ -163,8 +176,7 @@ def _run(cfg: RunConfig, log) -> dict[str, list[dict]]:
             programs[arch_of(config)] = training.Compiled.build(task, data, cfg.batch_size, mesh)
     initial = training.initial_states(tasks, cfg.seed)  # every config's initialization is compiled, then run once
     timer.add("compile", t)
-    results = {c: train_config(c, initial[c], cfg, data, mesh, programs[arch_of(c)], timer, log)
-               for c in cfg.configs}
+    results = train(cfg, initial, data, mesh, programs, timer, log)
     extras = {}
     if "bn" in results and cfg.epochs > 0:
         bn = results["bn"]

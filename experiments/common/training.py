@@ -289,6 +289,22 @@ class FitResult:
     nan_at: tuple[int, int] | None  # (epoch, 1-based iteration) where the training loss first was not finite
 
 
+@dataclasses.dataclass
+class Run:
+    """One model's training as :func:`fit` drives it: its compiled programs, its state, where it starts (a resumed
+    run: ``start_epoch``, ``history``, ``nan_at``), ``on_epoch_end(epoch, state, history, nan_at)`` (checkpointing),
+    its name (``desc``) and where its lines go (``log``)."""
+
+    compiled: Compiled
+    state: State
+    start_epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    nan_at: tuple[int, int] | None = None
+    on_epoch_end: Callable | None = None
+    desc: str = ""
+    log: Callable[[str], None] = print
+
+
 def _report_nan(desc, epoch, result: EpochResult, first: int, on_nan: str) -> str:
     before = ", ".join(f"{v:.4g}" for v in result.losses[max(0, first - 4):first - 1])
     return (f"{desc}: training loss became {result.losses[first - 1]} at epoch {epoch} iteration {first}/"
@@ -296,34 +312,74 @@ def _report_nan(desc, epoch, result: EpochResult, first: int, on_nan: str) -> st
             + (" -- stopping (--on-nan stop)" if on_nan == "stop" else " -- continuing (--on-nan continue)"))
 
 
-def fit(compiled: Compiled, state: State, data: Dataset, *, epochs: int, seed: int, batch_size: int, timer: Timer,
-        start_epoch: int = 0, history: list | None = None, nan_at: tuple[int, int] | None = None,
-        on_nan: str = "continue", on_epoch_end: Callable | None = None, desc: str = "",
-        log: Callable[[str], None] = print) -> FitResult:
-    """Train epochs ``start_epoch .. epochs-1``: after each, evaluate, log the lesson's two lines, append a record to
-    ``history`` and call ``on_epoch_end(epoch, state, history, nan_at)`` (checkpointing). A non-finite training
-    loss is reported once with its epoch and iteration; ``on_nan="stop"`` then ends training after that epoch."""
+def _train_epochs(pool, runs: list[Run], data: Dataset, *, seed: int, epoch: int, batch_size: int, timer: Timer
+                  ) -> list[EpochResult]:
+    """One epoch of every run in ``runs``, concurrently when there is a ``pool``; timed as one "train" phase."""
+    t0 = time.perf_counter()
+
+    def one(run):
+        run.state, result = train_epoch(run.compiled, run.state, data, seed=seed, epoch=epoch,
+                                        batch_size=batch_size, timer=Timer())  # the phase is timed here, once
+        return result
+
+    results = list(pool.map(one, runs)) if pool is not None else [one(run) for run in runs]
+    timer.add("train", t0)
+    timer.images += sum(r.seen for r in results)
+    return results
+
+
+def _finish_epoch(run: Run, epoch: int, epochs: int, result: EpochResult, data: Dataset, batch_size: int,
+                  on_nan: str, timer: Timer) -> float:
+    """Evaluate, log the lesson's two lines, record, report a first non-finite loss, checkpoint; the valid acc."""
+    valid_loss, valid_acc = evaluate(run.compiled, run.state, len(data.valid_y), timer)
+    run.log(format_epoch_lines(epoch, epochs, result, valid_loss, valid_acc,
+                               steps_per_epoch(len(data.valid_y), batch_size)))
+    run.history.append({"epoch": epoch, "train_loss": result.loss, "train_acc": result.acc,
+                        "valid_loss": valid_loss, "valid_acc": valid_acc})
+    first = result.first_nonfinite()
+    if first is not None and run.nan_at is None:
+        run.nan_at = (epoch, first)
+        run.log(_report_nan(run.desc, epoch, result, first, on_nan))
+    if run.on_epoch_end is not None:
+        run.on_epoch_end(epoch, run.state, run.history, run.nan_at)
+    return valid_acc
+
+
+def fit(runs: dict[str, Run], data: Dataset, *, epochs: int, seed: int, batch_size: int, timer: Timer,
+        on_nan: str = "continue", workers: int = 1) -> dict[str, FitResult]:
+    """Train every run's epochs ``start_epoch .. epochs-1``, the runs in step: each epoch, the runs still training
+    run that epoch together (on up to ``workers`` threads), then each in turn is evaluated, logs the lesson's two
+    lines, appends a record to its history and calls its ``on_epoch_end``. A non-finite training loss is reported
+    once with its epoch and iteration; ``on_nan="stop"`` then ends that run's training after that epoch.
+
+    Why threads: a compiled step keeps about one core busy (XLA:CPU runs LeNet's small programs as a sequence),
+    and it releases Python's lock while it runs, so independent models train side by side on a multi-core CPU.
+    LeNet's three configs (three threads on the 2-core VM): training phase 0.69x (docs/performance.md, LeNet);
+    one program stepping all three gained 2 %, and XLA ran it on one core too. Each run's arithmetic is the same
+    either way: results are bit-identical (tested). Only for programs on one device of one process: concurrent
+    programs on a mesh could issue their collectives in a different order on each device or host.
+    """
+    from concurrent.futures import ThreadPoolExecutor
     from tqdm.auto import tqdm
 
-    history = list(history or [])
-    valid_iters = steps_per_epoch(len(data.valid_y), batch_size)
-    bar = tqdm(total=epochs, initial=start_epoch, desc=desc, unit="epoch", disable=None, leave=False)
-    for epoch in range(start_epoch, epochs):
-        if nan_at is not None and on_nan == "stop":
-            break
-        state, result = train_epoch(compiled, state, data, seed=seed, epoch=epoch, batch_size=batch_size,
-                                    timer=timer)
-        valid_loss, valid_acc = evaluate(compiled, state, len(data.valid_y), timer)
-        log(format_epoch_lines(epoch, epochs, result, valid_loss, valid_acc, valid_iters))
-        history.append({"epoch": epoch, "train_loss": result.loss, "train_acc": result.acc,
-                        "valid_loss": valid_loss, "valid_acc": valid_acc})
-        first = result.first_nonfinite()
-        if first is not None and nan_at is None:
-            nan_at = (epoch, first)
-            log(_report_nan(desc, epoch, result, first, on_nan))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, state, history, nan_at)
-        bar.update(1)
-        bar.set_postfix(loss=f"{result.loss:.4f}", valid_acc=f"{valid_acc:.2%}")
-    bar.close()
-    return FitResult(state, history, nan_at)
+    for run in runs.values():
+        run.history = list(run.history)
+    first = min((r.start_epoch for r in runs.values()), default=epochs)
+    bar = tqdm(total=epochs, initial=first, desc=", ".join(runs), unit="epoch", disable=None, leave=False)
+    pool = ThreadPoolExecutor(min(workers, len(runs))) if workers > 1 and len(runs) > 1 else None
+    try:
+        for epoch in range(first, epochs):
+            active = [r for r in runs.values() if r.start_epoch <= epoch and not (r.nan_at and on_nan == "stop")]
+            if not active:
+                break
+            results = _train_epochs(pool if len(active) > 1 else None, active, data, seed=seed, epoch=epoch,
+                                    batch_size=batch_size, timer=timer)
+            for run, result in zip(active, results, strict=True):
+                valid_acc = _finish_epoch(run, epoch, epochs, result, data, batch_size, on_nan, timer)
+            bar.update(1)
+            bar.set_postfix(loss=f"{results[-1].loss:.4f}", valid_acc=f"{valid_acc:.2%}")
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        bar.close()
+    return {name: FitResult(r.state, r.history, r.nan_at) for name, r in runs.items()}

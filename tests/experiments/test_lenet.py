@@ -298,6 +298,33 @@ def test_an_epoch_is_a_function_of_seed_and_epoch():
     assert set(timer.seconds) == {"train"} and timer.images == 60
 
 
+def test_runs_trained_side_by_side_on_threads_equal_runs_trained_in_turn_bit_for_bit():
+    """training.fit with a thread per run (what LeNet's three configs do on one device) against workers=1: the same
+    states, histories, non-finite reports and counts, bit for bit; a run that starts later (resumed) joins at its
+    epoch, and --on-nan stop ends the diverging run while the others go on."""
+    ds = images.synthetic_dataset(0, n_train=100, n_valid=5)  # 7 steps an epoch: init diverges in the first
+    cfg = lenet.RunConfig(epochs=3, on_nan="stop")
+    tasks = {c: lenet.make_task(c, cfg, ds) for c in ("plain", "init", "bn")}
+    programs = {a: training.Compiled.build(tasks[c], ds, 16, None) for a, c in (("lenet", "plain"), ("bn", "bn"))}
+    initial = training.initial_states(tasks, 1)
+
+    def fit(workers):
+        timer = training.Timer()
+        runs = {c: training.Run(programs[lenet.arch_of(c)], jax.tree.map(jnp.copy, initial[c]),
+                                start_epoch=1 if c == "bn" else 0, desc=c, log=lambda line: None) for c in tasks}
+        return training.fit(runs, ds, epochs=3, seed=7, batch_size=16, timer=timer, on_nan="stop",
+                            workers=workers), timer
+
+    (together, timer3), (in_turn, timer1) = fit(3), fit(1)
+    assert [len(in_turn[c].history) for c in tasks] == [3, 1, 2] and in_turn["init"].nan_at[0] == 0
+    assert timer3.images == timer1.images == 100 * 6 and set(timer3.seconds) == {"train", "eval"}
+    for c in tasks:
+        assert json.dumps(together[c].history) == json.dumps(in_turn[c].history) and together[c].nan_at == \
+            in_turn[c].nan_at
+        for a, b in zip(jax.tree.leaves(together[c].state), jax.tree.leaves(in_turn[c].state), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 # In process: the command line itself (python -m, exit status) is run by the slow tests and test_readme.py.
 def test_help_lists_the_designed_flags(capsys):
