@@ -87,7 +87,7 @@ def pool(x):
 # ------------------------------------------------------------------------------------- blocked convolution
 # conv(5x5, VALID) followed by a 2x2 max pool, computed on 2x2 blocks of pixels ("space to depth"). Why: XLA:CPU's
 # convolution is slow on few channels -- LeNet's conv1 (3 -> 6 channels) took 0.68 of a 1.9 ms training step, at a
-# sixth of conv2's FLOP rate. On 2x2 blocks conv1 becomes a 3x3 convolution from 12 to 24 channels (1.44x the
+# fifth of conv2's FLOP rate. On 2x2 blocks conv1 becomes a 3x3 convolution from 12 to 24 channels (1.44x the
 # FLOPs, at a far better rate) and its output channels are the four pixels of each pooling window, so the pool is
 # a max over a channel axis. Measured on the project's 2-core VM (interleaved rounds, docs/performance.md, LeNet):
 # conv1+pool forward and backward 1.40 -> 0.65 ms, conv2+pool 0.74 -> 0.49 ms (PyTorch eager: 0.65 and 0.46 ms);
