@@ -27,7 +27,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -101,38 +101,61 @@ def _freeze_layer(params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[s
             "running_mean": stats["running_mean"], "running_var": stats["running_var"]}
 
 
-def _freeze_tree(params: Mapping[str, Any], stats: Any) -> tuple[Any, Any, int]:
-    """``(params without the frozen layers', their batch_stats, number of layers frozen)`` of one subtree."""
-    if not isinstance(stats, Mapping):
-        return params, stats, 0
+Path = tuple[str, ...]
+
+
+def _unfrozen_layers(stats: Mapping[str, Any], path: Path = ()) -> list[Path]:
+    """Paths of the layers with running statistics in a linen ``batch_stats`` tree that are not frozen yet (a frozen
+    layer keeps its weight there, and is left as it is)."""
     if "running_mean" in stats and "running_var" in stats:
-        return {}, _freeze_layer(params, stats), 1
-    new_params = {k: v for k, v in params.items() if k not in stats}
-    new_stats, count = {}, 0
-    for key, sub in stats.items():
-        sub_params, sub_stats, n = _freeze_tree(params.get(key, {}), sub)
-        if sub_params:
-            new_params[key] = sub_params
-        new_stats[key], count = sub_stats, count + n
-    return new_params, new_stats, count
+        return [] if is_frozen(stats) else [path]
+    return [p for key, sub in stats.items() if isinstance(sub, Mapping) for p in _unfrozen_layers(sub, (*path, key))]
 
 
-def freeze_linen_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
-    """Freeze every normalization layer with running statistics in a linen model's ``variables``.
+def _get(tree: Mapping[str, Any], path: Path) -> Any:
+    for key in path:
+        tree = tree.get(key, {}) if isinstance(tree, Mapping) else {}
+    return tree
 
-    Each such layer (jaxnorm's ``BatchNorm*d``, and ``InstanceNorm*d`` with ``track_running_stats=True``) loses its
-    ``params`` entry and gets ``weight``, ``bias``, ``running_mean``, ``running_var`` in ``batch_stats`` (weight 1
-    and bias 0 when it had no affine parameters). Apply the *same* model to the result: its jaxnorm layers then
-    compute :func:`frozen_batch_norm` whatever ``train`` says, and update nothing.
+
+def _put(tree: Mapping[str, Any], path: Path, value: Any) -> Any:
+    """A copy of ``tree`` with ``value`` at ``path`` (``None``: removed, with the dicts that leaves empty)."""
+    if not path:
+        return {} if value is None else value
+    out = dict(tree)
+    head, rest = path[0], path[1:]
+    new = _put(out.get(head, {}), rest, value) if rest else value
+    if new is None or (value is None and not new):
+        out.pop(head, None)
+    else:
+        out[head] = new
+    return out
+
+
+def freeze_linen_variables(variables: Mapping[str, Any], *,
+                           where: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """Freeze the normalization layers with running statistics in a linen model's ``variables``: every such layer,
+    or those whose dotted path ``where`` selects.
+
+    Each frozen layer (jaxnorm's ``BatchNorm*d``/``BatchRenorm``, and ``InstanceNorm*d`` with
+    ``track_running_stats=True``) loses its ``params`` entry and gets ``weight``, ``bias``, ``running_mean``,
+    ``running_var`` in ``batch_stats`` (weight 1 and bias 0 when it had no affine parameters). Apply the *same* model
+    to the result: its jaxnorm layers then compute :func:`frozen_batch_norm` whatever ``train`` says, and update
+    nothing. Layers frozen before are left as they are.
 
     Args:
       variables: ``{"params": ..., "batch_stats": ..., ...}`` of a trained linen model.
+      where: ``None`` (every layer), or ``where(path) -> bool`` of a layer's dotted path: its module names joined by
+        dots (``block1.bn``, ``""`` for a model that is itself the layer), the prefix of its keys in
+        :func:`jaxnorm.flax_to_torch_state_dict`.
 
     Returns:
       New variables (the input is not modified); other layers and collections are unchanged.
 
     Raises:
-      ValueError: no ``batch_stats`` collection or no layer with running statistics in it.
+      TypeError: ``where`` is not callable.
+      ValueError: no ``batch_stats`` collection, no (unfrozen) layer with running statistics in it, or ``where``
+        selects none of them (the message lists their paths).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -151,14 +174,19 @@ def freeze_linen_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
       https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html;
       Wu & Johnson, Rethinking "Batch" in BatchNorm, 2021, https://arxiv.org/abs/2105.07576 (frozen BN in fine-tuning)
     """
-    if not isinstance(variables, Mapping) or "batch_stats" not in variables:
+    name = "freeze_batch_norm"
+    if not isinstance(variables, Mapping) or not isinstance(variables.get("batch_stats"), Mapping):
         got = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
-        raise ValueError("freeze_batch_norm: expected linen variables with a 'batch_stats' collection or an NNX model, "
-                         f"got {got}")
-    params, stats, count = _freeze_tree(variables.get("params", {}), variables["batch_stats"])
-    if not count:
-        raise ValueError("freeze_batch_norm: found no layer with running statistics (running_mean, running_var) "
-                         "in batch_stats")
+        raise ValueError(f"{name}: expected linen variables with a 'batch_stats' collection, an NNX model or an "
+                         f"Equinox model, got {got}")
+    layers = {".".join(path): path for path in _unfrozen_layers(variables["batch_stats"])}
+    if where is None and not layers:
+        raise ValueError(f"{name}: found no layer with running statistics (running_mean, running_var) in batch_stats")
+    chosen = list(layers) if where is None else _checks.selected(name, _checks.check_where(name, where), list(layers))
+    params, stats = variables.get("params", {}), variables["batch_stats"]
+    for path in (layers[p] for p in chosen):
+        frozen = _freeze_layer(_get(params, path), _get(stats, path))
+        params, stats = _put(params, path, None), _put(stats, path, frozen)
     return {**variables, "params": params, "batch_stats": stats}
 
 

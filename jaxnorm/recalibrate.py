@@ -3,15 +3,17 @@
 After training, each BN layer's running statistics are an exponential moving average over batches seen
 while the weights were still changing. Recalibrating with the final weights (PyTorch's
 ``torch.optim.swa_utils.update_bn``; "precise BN" in Wu & Johnson, 2021) replaces them by exact averages
-over a set of batches. Works on Flax linen models (``jaxnorm.linen`` BatchNorm layers) and on Flax NNX models
-(``jaxnorm.nnx`` BatchNorm layers).
+over a set of batches. Works on Flax linen models (``jaxnorm.linen`` BatchNorm layers), Flax NNX models
+(``jaxnorm.nnx`` BatchNorm layers, also the any-rank ``BatchNorm`` of ``convert_flax_norms``) and Equinox models
+(``jaxnorm.equinox`` BatchNorm layers; :mod:`jaxnorm._equinox_recalibrate`).
 
 How the layers are reached, without changing any class: every batch runs through the model under ``jax.jit``,
 and each BN layer reports its input to an accumulator (one per layer, passed through the jitted step). Linen:
 Flax's own method interceptor (``nn.intercept_methods``) sees the layers' calls. NNX has no interceptor, so the
 forward pass runs on a traced copy of the model (``nnx.merge``) whose BN layers are given, as an *instance*
 attribute, a pure function that runs the layer's own in training mode and reports the input; the model itself
-and every class are untouched. PyTorch's ``update_bn`` instead resets the layers' statistics, sets
+and every class are untouched. Equinox: the model is rebuilt with each BN layer wrapped in a layer that keeps its
+accumulator in the ``eqx.nn.State``. PyTorch's ``update_bn`` instead resets the layers' statistics, sets
 ``momentum=None`` on them and runs the batches: that is exactly the ``"mean"`` estimator's accumulator (the pure
 function's cumulative average), but ``"population"`` needs each batch's per-channel count, which only the layer's
 input tells.
@@ -35,6 +37,7 @@ References:
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -51,8 +54,11 @@ from jaxnorm.batch_norm import batch_norm, batch_norm_init
 __all__ = ["recalibrate_batch_stats"]
 
 ESTIMATORS = ("mean", "population")
-_LINEN_BATCH_NORMS = (linen.BatchNorm1d, linen.BatchNorm2d, linen.BatchNorm3d)
-_NNX_BATCH_NORMS = (jnnx.BatchNorm1d, jnnx.BatchNorm2d, jnnx.BatchNorm3d)
+# The layers recalibrated: every subclass of the front-end's BatchNorm base (BatchNorm1d/2d/3d, and NNX's any-rank
+# BatchNorm that convert_flax_norms makes); linen's BatchRenorm, whose training output depends on its running
+# statistics, is not one
+_LINEN_BATCH_NORM = linen._BatchNorm
+_NNX_BATCH_NORM = jnnx._BatchNorm
 Accumulator = dict[str, jax.Array]
 
 
@@ -203,7 +209,7 @@ def _recalibrate_linen(model: nn.Module, variables: Mapping[str, Any], batches: 
         def interceptor(next_fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                         context: nn.module.InterceptorContext) -> Any:
             module = context.module
-            if context.method_name != "__call__" or not (isinstance(module, _LINEN_BATCH_NORMS)
+            if context.method_name != "__call__" or not (isinstance(module, _LINEN_BATCH_NORM)
                                                          and module.track_running_stats):
                 return next_fun(*args, **kwargs)
             y = next_fun(*args, **{**kwargs, "train": True})  # normalizes with batch stats, as in training
@@ -236,8 +242,7 @@ def _dotted(path: Sequence[Any]) -> str:
     return ".".join(map(str, path))
 
 
-def _observed(layer: jnnx.BatchNorm1d | jnnx.BatchNorm2d | jnnx.BatchNorm3d, path: str,
-              visit: Visit) -> BatchNormFunction:
+def _observed(layer: jnnx._BatchNorm, path: str, visit: Visit) -> BatchNormFunction:
     """The pure function of ``layer``'s class, always in training mode (batch statistics, as in training, whatever
     the layer's mode), that reports every call's input to ``visit``."""
     function = type(layer)._function
@@ -262,7 +267,7 @@ def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any], *, estimator: st
     def forward(state: Any, x: jax.Array, visit: Visit) -> None:
         copy = nnx.merge(graphdef, state)  # the updates of this traced copy are dropped; the model is untouched
         for path, layer in nnx.iter_modules(copy):
-            if isinstance(layer, _NNX_BATCH_NORMS) and layer.track_running_stats:
+            if isinstance(layer, _NNX_BATCH_NORM) and layer.track_running_stats:
                 layer._function = _observed(layer, _dotted(path), visit)  # this copy's layer only, not its class
         copy(x, **call_kwargs)
 
@@ -274,10 +279,11 @@ def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any], *, estimator: st
     return model
 
 
-def recalibrate_batch_stats(model: nn.Module | nnx.Module, *args: Any, estimator: str = "mean", **kwargs: Any) -> Any:
+def recalibrate_batch_stats(model: nn.Module | nnx.Module | Any, *args: Any, estimator: str = "mean",
+                            **kwargs: Any) -> Any:
     r"""Recompute every jaxnorm BatchNorm layer's running statistics over a set of batches ("precise BN").
 
-    Two forms, by the kind of model:
+    Three forms, by the kind of model:
 
     - linen: ``new_variables = recalibrate_batch_stats(model, variables, batches, **apply_kwargs)``. Every batch
       runs through ``model.apply(variables, x, mutable=["batch_stats"], **apply_kwargs)``; returns new variables
@@ -287,13 +293,20 @@ def recalibrate_batch_stats(model: nn.Module | nnx.Module, *args: Any, estimator
       ``model(x, **call_kwargs)`` on a traced copy; the BN layers' BatchStats are then updated **in place** (as NNX
       layers update themselves, and as PyTorch's ``update_bn`` does) and the model is returned. Nothing else of
       the model changes (other layers' statistics, RNG state).
+    - Equinox: ``model, state = recalibrate_batch_stats(model, state, batches, **call_kwargs)``. Every batch ``xs``
+      runs through ``jax.vmap(partial(model, **call_kwargs), axis_name=..., in_axes=(0, None))(xs, state)`` (the
+      model called on one example returns ``(y, state)``), vmapped over the BN layers' ``axis_name`` (``"batch"`` by
+      default; they must share one; of a tuple of names the batch goes on the last, the others get size 1);
+      ``call_kwargs`` are the same for every example. Returns the model (unchanged) and a new state whose BN entries
+      are recomputed; everything else of the state is unchanged and the inputs stay valid.
 
-    The layers are ``jaxnorm.linen`` / ``jaxnorm.nnx`` ``BatchNorm1d/2d/3d`` with ``track_running_stats=True`` that
-    the batches reach. They are forced into training mode, so they normalize by each batch's statistics and the
-    layers after them see what they saw in training; other layers run as ``apply_kwargs``/``call_kwargs`` (linen)
-    or the model's mode (NNX: call ``model.eval()`` first to keep dropout off) say. With :math:`\mu_b`, :math:`s^2_b`
-    and :math:`n_b` the per-channel mean, *unbiased* variance and number of values of a layer's input in batch
-    :math:`b = 1..B`:
+    The layers are the front-end's BatchNorm layers (``BatchNorm1d/2d/3d``, and NNX's any-rank ``BatchNorm``) with
+    ``track_running_stats=True`` that the batches reach; BatchRenorm layers are left alone. They are forced into
+    training mode, so they normalize by each batch's statistics and the layers after them see what they saw in
+    training; other layers run as ``apply_kwargs``/``call_kwargs`` (linen) or the model's mode (NNX: call
+    ``model.eval()`` first to keep dropout off; Equinox: ``eqx.nn.inference_mode(model)``) say. With
+    :math:`\mu_b`, :math:`s^2_b` and :math:`n_b` the per-channel mean, *unbiased* variance and number of values of
+    a layer's input in batch :math:`b = 1..B`:
 
     - ``estimator="mean"`` (PyTorch's ``torch.optim.swa_utils.update_bn``: reset, then one training-mode pass per
       batch with ``momentum=None``): :math:`\text{running\_mean} = \frac1B \sum_b \mu_b`,
@@ -306,24 +319,26 @@ def recalibrate_batch_stats(model: nn.Module | nnx.Module, *args: Any, estimator
       (count, mean, :math:`M_2`), which stays accurate at large offsets (no :math:`\sum x^2`).
 
     Either way ``num_batches_tracked = B`` and the layers' own ``momentum`` plays no part. A layer's ``mask=``
-    argument is honoured (statistics over the valid values); ``virtual_batch_size`` and ``axis_name`` are not: the
-    statistics are those of each whole batch on this device.
+    argument is honoured (statistics over the valid values); ``virtual_batch_size``, ``axis_index_groups`` and the
+    devices of ``axis_name`` are not: the statistics are those of each whole batch on this device.
 
     Args:
-      model: a Flax linen or NNX module containing jaxnorm BatchNorm layers.
-      *args: ``(variables, batches)`` for linen, ``(batches,)`` for NNX. ``batches`` is an iterable of model inputs;
-        a tuple or list ``(inputs, labels, ...)`` contributes its first element (as in PyTorch's ``update_bn``).
+      model: a Flax linen or NNX module, or an Equinox model, containing jaxnorm BatchNorm layers.
+      *args: ``(variables, batches)`` for linen, ``(batches,)`` for NNX, ``(state, batches)`` for Equinox.
+        ``batches`` is an iterable of model inputs (whole batches); a tuple or list ``(inputs, labels, ...)``
+        contributes its first element (as in PyTorch's ``update_bn``).
       estimator: ``"mean"`` or ``"population"``.
       **kwargs: passed to ``model.apply`` (linen; e.g. ``train=False``, ``rngs=...``) or to ``model(x, ...)``
-        (NNX) for every batch.
+        (NNX, Equinox) for every batch.
 
     Returns:
-      linen: the new variables. NNX: ``model`` itself, updated in place.
+      linen: the new variables. NNX: ``model`` itself, updated in place. Equinox: ``(model, new state)``.
 
     Raises:
-      ValueError: an unknown ``estimator``, no batches, no ``batch_stats`` collection (linen), or no jaxnorm
-        BatchNorm layer with running statistics reached by the batches.
-      TypeError: ``model`` is neither a linen nor an NNX module.
+      ValueError: an unknown ``estimator``, no batches, no ``batch_stats`` collection (linen), no jaxnorm
+        BatchNorm layer with running statistics reached by the batches, or (Equinox) BN layers with different
+        ``axis_name``.
+      TypeError: ``model`` is none of those, or (Equinox) ``state`` is not an ``eqx.nn.State``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -348,4 +363,10 @@ def recalibrate_batch_stats(model: nn.Module | nnx.Module, *args: Any, estimator
         return _recalibrate_nnx(model, *args, estimator=estimator, **kwargs)
     if isinstance(model, nn.Module):
         return _recalibrate_linen(model, *args, estimator=estimator, **kwargs)
-    raise TypeError(f"recalibrate_batch_stats: expected a flax.linen or flax.nnx Module, got {type(model).__name__}")
+    eqx = sys.modules.get("equinox")  # an Equinox model exists only if Equinox is imported: never import it here
+    if eqx is not None and (isinstance(model, eqx.Module) or (args and isinstance(args[0], eqx.nn.State))):
+        from jaxnorm._equinox_recalibrate import recalibrate_equinox
+
+        return recalibrate_equinox(model, *args, estimator=estimator, **kwargs)
+    raise TypeError(f"recalibrate_batch_stats: expected a flax.linen, flax.nnx or Equinox Module, got "
+                    f"{type(model).__name__}")

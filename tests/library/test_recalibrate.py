@@ -267,7 +267,7 @@ def test_estimator_and_nnx_errors():
         jn.recalibrate_batch_stats(jx.InstanceNorm1d(5, track_running_stats=True), [np.ones((2, 5, 4), np.float32)])
     with pytest.raises(ValueError, match="expected BatchNorm1d to contain a jaxnorm BatchNorm"):  # none tracking
         jn.recalibrate_batch_stats(jx.BatchNorm1d(5, track_running_stats=False), [np.ones((2, 5), np.float32)])
-    with pytest.raises(TypeError, match="expected a flax.linen or flax.nnx Module, got function"):
+    with pytest.raises(TypeError, match="expected a flax.linen, flax.nnx or Equinox Module, got function"):
         jn.recalibrate_batch_stats(lambda x: x, batches)
 
 
@@ -296,3 +296,113 @@ def test_nnx_recalibration_changes_no_class():
     assert seen and all(seen), seen
     assert {cls: dict(vars(cls)) for cls in classes} == before
     assert int(model.bn.num_batches_tracked[...]) == 2
+
+
+def test_nnx_model_converted_from_flax_is_recalibrated():
+    """convert_flax_norms' any-rank BatchNorm is a jaxnorm BatchNorm layer like the per-rank ones."""
+    model = jx.convert_flax_norms(nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+                                                 nnx.BatchNorm(4, rngs=nnx.Rngs(0))))
+    assert type(model.layers[1]) is jx.BatchNorm
+    rng = np.random.default_rng(8)
+    batches = [rng.standard_normal((n, 3)).astype(np.float32) * 2 + 1 for n in (5, 7)]
+    jn.recalibrate_batch_stats(model, batches)
+    fc, bn = model.layers
+    h = [b.astype(np.float64) @ np.asarray(fc.kernel[...], np.float64) + np.asarray(fc.bias[...]) for b in batches]
+    np.testing.assert_allclose(bn.running_mean[...], np.mean([a.mean(0) for a in h], 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var[...], np.mean([a.var(0, ddof=1) for a in h], 0), rtol=1e-5)
+    assert int(bn.num_batches_tracked[...]) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Equinox models: the linen result on the same weights and batches
+# ------------------------------------------------------------------------------------------------
+
+
+def _equinox_twin(variables):
+    """The Equinox twin of MLP (per example; same attribute names) holding ``variables``, and its state."""
+    eqx = pytest.importorskip("equinox")
+    import jaxnorm.equinox as jeqx
+
+    class EqxMLP(eqx.Module):
+        fc1: eqx.nn.Linear
+        bn1: jeqx.BatchNorm1d
+        fc2: eqx.nn.Linear
+        bn2: jeqx.BatchNorm1d
+        inorm: jeqx.InstanceNorm1d
+        head: eqx.nn.Linear
+
+        def __init__(self, key):
+            keys = jax.random.split(key, 3)
+            self.fc1, self.bn1 = eqx.nn.Linear(5, 8, key=keys[0]), jeqx.BatchNorm1d(8, momentum=0.3)
+            self.fc2, self.bn2 = eqx.nn.Linear(8, 6, key=keys[1]), jeqx.BatchNorm1d(6, momentum=None)
+            self.inorm = jeqx.InstanceNorm1d(2, track_running_stats=True)
+            self.head = eqx.nn.Linear(6, 2, key=keys[2])
+
+        def __call__(self, x, state):
+            h, state = self.bn1(self.fc1(x), state)
+            h, state = self.bn2(self.fc2(jax.nn.relu(h)), state)
+            h, state = self.inorm(h.reshape(2, 3), state)
+            return self.head(h.reshape(-1)), state
+
+    abstract = eqx.filter_eval_shape(eqx.nn.make_with_state(EqxMLP), jax.random.key(0))
+    model, state = jn.torch_to_equinox(flax_to_torch_state_dict(variables), *abstract)
+    return eqx, jeqx, eqx.nn.inference_mode(model), state  # the InstanceNorm as linen's train=False
+
+
+@pytest.mark.parametrize("estimator", ["mean", "population"])
+def test_equinox_model_is_recalibrated_as_linen(estimator):
+    model, variables, batches = _setup(n_batches=3)
+    batches[-1] = batches[-1][:7]  # an uneven last batch
+    want = flax_to_torch_state_dict(jn.recalibrate_batch_stats(model, variables, batches, train=False,
+                                                                estimator=estimator))
+    _, _, emodel, state = _equinox_twin(variables)
+    before = jn.equinox_to_torch_state_dict(emodel, state)
+    returned, new_state = jn.recalibrate_batch_stats(emodel, state, iter(batches), estimator=estimator)
+    assert returned is emodel
+    got = jn.equinox_to_torch_state_dict(emodel, new_state)
+    assert set(got) == set(want)
+    for key in got:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
+        if not key.startswith(("bn1.running", "bn2.running", "bn1.num", "bn2.num")):
+            np.testing.assert_array_equal(got[key], before[key], err_msg=key)  # only the BN statistics change
+    assert int(got["bn1.num_batches_tracked"]) == 3 and not np.isnan(got["bn1.running_var"]).any()
+    after = jn.equinox_to_torch_state_dict(emodel, state)  # the caller's state is still valid, and unchanged
+    assert all(np.array_equal(after[key], before[key], equal_nan=True) for key in before)
+
+
+def test_equinox_axis_names_groups_and_errors():
+    eqx = pytest.importorskip("equinox")
+    import jaxnorm.equinox as jeqx
+
+    rng = np.random.default_rng(9)
+    batches = [rng.standard_normal((4, 2)).astype(np.float32) * 3 for _ in range(2)]
+    model, state = eqx.nn.make_with_state(eqx.nn.Sequential)([jeqx.BatchNorm1d(2), jeqx.LayerNorm(2)])
+    want = np.mean([b.var(0, ddof=1) for b in batches], 0)
+    # the batch runs over the layers' own axis names (of a tuple, the batch on the last); device groups set aside
+    synced = jeqx.convert_sync_batch_norm(model, ("data", "batch"), axis_index_groups=[[0]])
+    _, new_state = jn.recalibrate_batch_stats(synced, state, batches)
+    np.testing.assert_allclose(new_state.get(synced.layers[0].state_index)["running_var"], want, rtol=1e-5)
+    with pytest.raises(TypeError, match=r"^recalibrate_batch_stats: expected the Equinox model's eqx.nn.State"):
+        jn.recalibrate_batch_stats(model, batches)
+    with pytest.raises(ValueError, match="^recalibrate_batch_stats: expected at least one batch"):
+        jn.recalibrate_batch_stats(model, state, [])
+    with pytest.raises(ValueError, match="^recalibrate_batch_stats: expected LayerNorm to contain a jaxnorm BatchNorm "
+                                         "layer with running statistics, found none"):
+        jn.recalibrate_batch_stats(jeqx.LayerNorm(2), state, batches)
+    two, two_state = eqx.nn.make_with_state(eqx.nn.Sequential)([jeqx.BatchNorm1d(2),
+                                                                jeqx.BatchNorm1d(2, axis_name="b")])
+    with pytest.raises(ValueError, match=r"^recalibrate_batch_stats: expected the BatchNorm layers of Sequential to "
+                                         r"share one axis_name .* got \[\"0: 'batch'\", \"1: 'b'\"\]"):
+        jn.recalibrate_batch_stats(two, two_state, batches)
+
+
+    class Bypass(eqx.Module):  # holds a BatchNorm that the batches do not reach
+        bn: jeqx.BatchNorm1d
+
+        def __call__(self, x, state):
+            return x, state
+
+    bypass, bypass_state = eqx.nn.make_with_state(Bypass)(jeqx.BatchNorm1d(2))
+    with pytest.raises(ValueError, match="^recalibrate_batch_stats: expected Bypass to contain a jaxnorm BatchNorm "
+                                         "layer with running statistics that the batches reach, found none"):
+        jn.recalibrate_batch_stats(bypass, bypass_state, batches)
