@@ -6,8 +6,8 @@ All checks look only at static information (shapes, dtypes, dict keys), so they 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -154,3 +154,19 @@ def check_virtual_batch_size(name: str, size: object, batch: int) -> int | None:
     if batch % size:
         raise ValueError(f"{name}: virtual_batch_size ({size}) must divide the batch size ({batch})")
     return int(size)
+
+
+def check_where(name: str, where: object) -> Callable[[str], bool]:
+    """``where`` if it is callable (``where(dotted_path) -> bool``, open_clip's ``module_match``), else a TypeError."""
+    if not callable(where):
+        raise TypeError(f"{name}: expected where to be a function of the dotted layer path (e.g. 'block1.bn') "
+                        f"returning a bool, got {type(where).__name__}")
+    return cast(Callable[[str], bool], where)
+
+
+def selected(name: str, where: Callable[[str], bool], paths: Sequence[str]) -> list[str]:
+    """The ``paths`` ``where`` selects; a ValueError listing them all if it selects none (a typo, not a no-op)."""
+    chosen = [path for path in paths if where(path)]
+    if not chosen:
+        raise ValueError(f"{name}: where selected none of the layers with running statistics {list(paths)}")
+    return chosen

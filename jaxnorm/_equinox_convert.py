@@ -10,7 +10,6 @@ from typing import Any
 import equinox as eqx
 
 from jaxnorm import _checks
-from jaxnorm import equinox as jeqx
 
 __all__ = ["convert_sync_batch_norm"]
 
@@ -40,13 +39,17 @@ def convert_sync_batch_norm(model: Any, axis_name: Hashable | Sequence[Hashable]
     >>> model, state = eqx.nn.make_with_state(eqx.nn.Sequential)([jeqx.BatchNorm1d(2)])
     >>> convert_sync_batch_norm(model, ("data", "batch")).layers[0].axis_name
     ('data', 'batch')
+
+    References:
+      PyTorch's ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``,
+      https://pytorch.org/docs/stable/generated/torch.nn.SyncBatchNorm.html
     """
     name = "convert_sync_batch_norm"
     if axis_name is None:
         raise ValueError(f"{name}: expected the name(s) of the mapped axes, got axis_name=None")
     axis_name = tuple(axis_name) if isinstance(axis_name, list) else axis_name
     groups = _checks.check_axis_index_groups(name, axis_index_groups, axis_name)
-    batch_norms = (jeqx.BatchNorm1d.__mro__[1],)  # the shared base of BatchNorm1d/2d/3d and BatchRenorm
+    batch_norms = (jeqx._BatchNorm,)  # the shared base of BatchNorm1d/2d/3d and BatchRenorm
     if not any(isinstance(layer, batch_norms) for _, layer in jeqx.named_layers(model)):
         raise ValueError(f"{name}: found no BatchNorm layer in {type(model).__name__}")
 
@@ -59,3 +62,7 @@ def convert_sync_batch_norm(model: Any, axis_name: Hashable | Sequence[Hashable]
         return new
 
     return jeqx.replace_layers(model, synced)
+
+# Last: jaxnorm.equinox imports this module's names at its end, so that whichever of the two is imported first, the
+# names the other needs exist by then.
+from jaxnorm import equinox as jeqx  # noqa: E402

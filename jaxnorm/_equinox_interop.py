@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm import equinox as jeqx
 from jaxnorm._types import COUNTER, PARAM_KEYS, STATS_KEYS
 from jaxnorm.interop import _check_keys, _to_numpy
 
@@ -49,7 +48,7 @@ def _stop(node: Any) -> bool:
                                                 eqx.nn.BatchNorm, eqx.nn.StateIndex))
 
 
-def _layer_entries(path, name: str, layer, state) -> Iterator[_Entry]:
+def _layer_entries(path, name: str, layer, state, function: str) -> Iterator[_Entry]:
     """A jaxnorm stateful layer's parameters, then its running statistics from ``state`` (PyTorch's order)."""
     for key in PARAM_KEYS:
         value = getattr(layer, key)
@@ -61,14 +60,15 @@ def _layer_entries(path, name: str, layer, state) -> Iterator[_Entry]:
     try:
         stats = state.get(layer.state_index)
     except KeyError:
-        raise ValueError(f"the state holds no running statistics for the layer {name!r} ({type(layer).__name__}): "
+        raise ValueError(f"{function}: the state holds no running statistics for the layer {name!r} "
+                         f"({type(layer).__name__}): "
                          "it belongs to another model; pass the state made with this model") from None
     for key in STATS_KEYS:
         yield _Entry(f"{name}.{key}".lstrip("."), None, layer, stats[key], tuple(stats[key].shape))
 
 
-def _entries(model: Any, state: eqx.nn.State) -> list[_Entry]:
-    """Every tensor of the model's PyTorch state dict, in the model's field order.
+def _entries(model: Any, state: eqx.nn.State, function: str) -> list[_Entry]:
+    """Every tensor of the model's PyTorch state dict, in the model's field order (errors name ``function``).
 
     Raises:
       TypeError: ``state`` is not an ``eqx.nn.State``.
@@ -76,12 +76,12 @@ def _entries(model: Any, state: eqx.nn.State) -> list[_Entry]:
         stateful layer), a state of another model, two arrays with the same key.
     """
     if not isinstance(state, eqx.nn.State):
-        raise TypeError(f"expected state to be an eqx.nn.State (model, state = eqx.nn.make_with_state(Model)(...)), "
-                        f"got {type(state).__name__}")
+        raise TypeError(f"{function}: expected state to be an eqx.nn.State (model, state = "
+                        f"eqx.nn.make_with_state(Model)(...)), got {type(state).__name__}")
     entries: list[_Entry] = []
     for path, name, node in jeqx._walk(model, _stop):
         if isinstance(node, jeqx._Stateful):
-            entries += _layer_entries(path, name, node, state)
+            entries += _layer_entries(path, name, node, state, function)
         elif isinstance(node, eqx.nn.Conv):
             for key in ("weight", "bias"):
                 value = getattr(node, key)
@@ -93,8 +93,8 @@ def _entries(model: Any, state: eqx.nn.State) -> list[_Entry]:
                                          "ConvTranspose (in, out, *k)",
                    eqx.nn.BatchNorm: "its running statistics are not PyTorch's (use jaxnorm.equinox.BatchNorm*d)"}
             reason = next((v for k, v in why.items() if isinstance(node, k)), "it keeps state PyTorch has no key for")
-            raise ValueError(f"{name or 'the model'} ({type(node).__name__}) has no PyTorch state-dict layout here: "
-                             f"{reason}")
+            raise ValueError(f"{function}: {name or 'the model'} ({type(node).__name__}) has no PyTorch state-dict "
+                             f"layout here: {reason}")
         elif _is_array(node):
             entries.append(_Entry(name, path, None, node, tuple(node.shape)))
     seen: dict[str, int] = {}
@@ -102,7 +102,7 @@ def _entries(model: Any, state: eqx.nn.State) -> list[_Entry]:
         seen[entry.key] = seen.get(entry.key, 0) + 1
     clashes = sorted(k for k, n in seen.items() if n > 1)
     if clashes:
-        raise ValueError(f"several arrays of the model map to the PyTorch keys {clashes}")
+        raise ValueError(f"{function}: several arrays of the model map to the PyTorch keys {clashes}")
     return entries
 
 
@@ -132,9 +132,13 @@ def equinox_to_torch_state_dict(model: Any, state: eqx.nn.State) -> dict[str, np
     >>> {key: value.shape for key, value in jeqx.equinox_to_torch_state_dict(model, state).items()}
     {'0.weight': (3, 2), '0.bias': (3,), '1.weight': (3,), '1.bias': (3,), '1.running_mean': (3,), \
 '1.running_var': (3,), '1.num_batches_tracked': ()}
+
+    References:
+      PyTorch's ``torch.nn.Module.state_dict``,
+      https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.state_dict
     """
     out: dict[str, np.ndarray] = {}
-    for entry in _entries(model, state):
+    for entry in _entries(model, state, "equinox_to_torch_state_dict"):
         value = np.array(entry.value, dtype=np.int64 if entry.key.endswith(COUNTER) and entry.layer else None)
         out[entry.key] = np.array(value.reshape(entry.torch_shape), order="C")  # 0-d stays 0-d
     return out
@@ -175,11 +179,17 @@ def torch_to_equinox(state_dict: Mapping[str, Any], model: Any, state: eqx.nn.St
     >>> model, state = jeqx.torch_to_equinox(sd, model, state)
     >>> model.weight, state.get(model.state_index)["num_batches_tracked"]
     (Array([2., 3.], dtype=float32), Array(5, dtype=int32))
+
+    References:
+      PyTorch's ``torch.nn.Module.load_state_dict``,
+      https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.load_state_dict
     """
+    name = "torch_to_equinox"
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
-    leaves, stats, used, missing = _read(state_dict, _entries(model, state))
-    _check_keys(state_dict, used, missing, strict, "model")
+        raise TypeError(f"{name}: expected a state dict (a mapping of names to tensors), got "
+                        f"{type(state_dict).__name__}")
+    leaves, stats, used, missing = _read(state_dict, _entries(model, state, name))
+    _check_keys(state_dict, used, missing, strict, "model", name=name)
     return _rebuilt(model, state, leaves, stats)
 
 
@@ -197,8 +207,8 @@ def _read(state_dict: Mapping[str, Any], entries: list[_Entry]):
             missing.append(entry.key)
             continue
         if value.shape != entry.torch_shape:
-            raise ValueError(f"state dict entry {entry.key!r}: expected shape {entry.torch_shape} (Equinox shape "
-                             f"{tuple(entry.value.shape)}), got {value.shape}")
+            raise ValueError(f"torch_to_equinox: state dict entry {entry.key!r}: expected shape {entry.torch_shape} "
+                             f"(Equinox shape {tuple(entry.value.shape)}), got {value.shape}")
         value = jnp.array(value.reshape(entry.value.shape), dtype=entry.value.dtype)  # a copy: see interop._to_numpy
         if entry.layer is None:
             leaves.append((entry.path, value))
@@ -217,3 +227,7 @@ def _rebuilt(model, state: eqx.nn.State, leaves: list, stats: dict) -> tuple[Any
         state = eqx.tree_at(lambda s: [s.get(layer.state_index) for layer in layers], state,
                             [values for _, values in stats.values()])
     return model, state
+
+# Last: jaxnorm.equinox imports this module's names at its end, so that whichever of the two is imported first, the
+# names the other needs exist by then.
+from jaxnorm import equinox as jeqx  # noqa: E402

@@ -1,5 +1,6 @@
-"""Whole Flax NNX models: Flax's norm layers replaced by jaxnorm's, synchronized BatchNorm, and freezing the layers a
-path predicate selects. Re-exported by :mod:`jaxnorm.nnx` (and :mod:`jaxnorm.migrate`).
+"""Whole Flax NNX models: Flax's norm layers replaced by jaxnorm's, and synchronized BatchNorm; the code behind
+:func:`jaxnorm.nnx.convert_flax_norms` and :func:`jaxnorm.nnx.convert_sync_batch_norm` (documented there; also
+:mod:`jaxnorm.migrate`'s), loaded on their first use.
 
 A layer's path is its attribute path in the model joined by dots, list items by their index (``blocks.0.bn``), the
 prefix of its keys in :func:`jaxnorm.nnx_to_torch_state_dict` (and PyTorch's ``named_modules()`` name). Layers are
@@ -17,15 +18,10 @@ from flax import nnx
 
 from jaxnorm import _checks
 from jaxnorm import nnx as jnnx
-from jaxnorm.migrate import _check_where, _selected, momentum_from_decay
+from jaxnorm.migrate import momentum_from_decay
+from jaxnorm.nnx import BatchNorm
 
 __all__ = ["BatchNorm", "convert_flax_norms", "convert_sync_batch_norm"]
-
-
-class BatchNorm(jnnx._BatchNorm):
-    """``torch.nn.functional.batch_norm`` as an NNX layer for inputs of any rank ``(N, C, ...)`` (channels on
-    ``axis``): what :func:`convert_flax_norms` puts in place of an ``nnx.BatchNorm``, whose input rank is unknown until
-    it is called. Otherwise as :class:`jaxnorm.nnx.BatchNorm2d` (same arguments, attributes and state)."""
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -122,36 +118,11 @@ def _from_per_example(name: str, path: str, m: Any) -> nnx.Module:
 
 
 def convert_flax_norms(model: nnx.Module) -> nnx.Module:
-    """Replace, in place, every ``nnx.BatchNorm``, ``nnx.LayerNorm``, ``nnx.GroupNorm`` and ``nnx.RMSNorm`` of
-    ``model`` by the jaxnorm layer that computes the same thing with PyTorch's semantics.
-
-    Carried over: the parameters and running statistics (the Variables themselves, so their values, dtypes and
-    metadata), ``epsilon`` -> ``eps``, ``momentum`` -> PyTorch's ``1 − momentum`` (:func:`jaxnorm.migrate.momentum_from_decay`),
-    ``axis``, ``axis_name``/``axis_index_groups`` and ``use_running_average`` of BatchNorm (so ``model.eval()``
-    still switches it). ``nnx.BatchNorm`` becomes :class:`BatchNorm` (any rank, as Flax's), LayerNorm/RMSNorm over
-    the last axis become ``jaxnorm.nnx.LayerNorm``/``RMSNorm(num_features)``, GroupNorm ``jaxnorm.nnx.GroupNorm(...,
-    axis=feature_axis)``. In eval mode the model's outputs stay the same (to float32 rounding).
-
-    What cannot carry over: the biased running variance Flax accumulated (PyTorch's is unbiased; see
-    :mod:`jaxnorm.migrate`); ``num_batches_tracked`` starts at 0; a bias without a scale gets a trainable weight of
-    ones; Flax's ``dtype`` (outputs now have the input's dtype), ``use_fast_variance`` (jaxnorm's variance is always
-    the stable one) and Flax's mask convention (jaxnorm zeroes the output off the mask). Calls must pass
-    ``use_running_average=``/``mask=`` by keyword. ``nnx.InstanceNorm`` is left as it is. Build the optimizer after
-    the conversion (it holds the model's Variables).
-
-    Args:
-      model: an NNX model.
-
-    Returns:
-      ``model`` (changed in place), or the converted layer if ``model`` is itself one.
-
-    Raises:
-      TypeError: not an NNX module. ValueError: no Flax norm layer, or one with no jaxnorm counterpart
-      (several channel axes, statistics over other axes, or over a named axis for LayerNorm/GroupNorm/RMSNorm); the
-      message names its path. Nothing is changed then.
+    """:func:`jaxnorm.nnx.convert_flax_norms` (documented there): every Flax NNX norm layer replaced by jaxnorm's.
 
     >>> from flax import nnx
-    >>> model = convert_flax_norms(nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.LayerNorm(3, rngs=nnx.Rngs(0))))
+    >>> model = convert_flax_norms(nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)),
+    ...                                          nnx.LayerNorm(3, rngs=nnx.Rngs(0))))
     >>> type(model.layers[1]).__module__, model.layers[1].eps
     ('jaxnorm.nnx', 1e-06)
     """
@@ -175,25 +146,8 @@ def convert_flax_norms(model: nnx.Module) -> nnx.Module:
 
 def convert_sync_batch_norm(model: nnx.Module, axis_name: Hashable,
                             *, axis_index_groups: Sequence[Sequence[int]] | None = None) -> nnx.Module:
-    """PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``: every BatchNorm of ``model`` computes its statistics over
-    the named axis ``axis_name`` (``nnx.shard_map``/``jax.shard_map``, ``nnx.pmap``, ``nnx.vmap``), in place.
-
-    jaxnorm's ``BatchNorm1d/2d/3d`` (and :class:`BatchNorm`) get ``axis_name`` and ``axis_index_groups``
-    (statistics within groups of devices, PyTorch's ``process_group``); Flax's own ``nnx.BatchNorm`` gets its
-    attributes of the same names (Flax's synchronized statistics: convert it first with :func:`convert_flax_norms`
-    for PyTorch's semantics). Other layers are left alone (PyTorch does not synchronize InstanceNorm either). The
-    result equals BatchNorm on the whole batch (every device's examples together).
-
-    Args:
-      model: an NNX model.
-      axis_name: the mapped axis to synchronize over.
-      axis_index_groups: ``None`` (the whole axis) or a partition of the axis' indices.
-
-    Returns:
-      ``model`` (changed in place).
-
-    Raises:
-      TypeError: not an NNX module, or groups that are not lists of ints. ValueError: no axis name, or no BatchNorm.
+    """:func:`jaxnorm.nnx.convert_sync_batch_norm` (documented there): every BatchNorm synchronized over
+    ``axis_name``, in place.
 
     >>> from flax import nnx
     >>> import jaxnorm.nnx as jnnx
@@ -213,30 +167,3 @@ def convert_sync_batch_norm(model: nnx.Module, axis_name: Hashable,
     for layer in layers:
         layer.axis_name, layer.axis_index_groups = axis_name, groups
     return model
-
-
-def _freeze_nnx_where(model: nnx.Module, where: Callable[[str], bool]) -> nnx.Module:
-    """:func:`jaxnorm.freeze_batch_norm` of the NNX layers whose dotted path (``blocks.0.bn``) ``where`` selects:
-    each becomes a :class:`jaxnorm.nnx.FrozenBatchNorm` (in place); the other layers keep training.
-
-    Raises:
-      TypeError: not an NNX module, or ``where`` not callable. ValueError: ``where`` selects no layer with running
-      statistics (the message lists them).
-    """
-    name = "freeze_batch_norm"
-    if not isinstance(model, nnx.Module):
-        raise TypeError(f"{name}: expected a flax.nnx.Module, got {type(model).__name__}")
-    where = _check_where(name, where)
-    layers = [_dotted(p) for p, m in nnx.iter_modules(model)
-              if isinstance(m, jnnx._Stateful) and m.track_running_stats]
-    chosen = set(_selected(name, where, layers))
-
-    def make(path: str, m: nnx.Module) -> nnx.Module | None:
-        if path not in chosen or not isinstance(m, jnnx._Stateful):
-            return None
-        mean = m.running_mean[...]
-        weight = jnp.ones_like(mean) if m.weight is None else m.weight[...]
-        bias = jnp.zeros_like(mean) if m.bias is None else m.bias[...]
-        return jnnx.FrozenBatchNorm(weight, bias, mean, m.running_var[...], eps=m.eps, axis=m.axis)
-
-    return _replace(model, make)[0]

@@ -26,6 +26,26 @@ Bad input raises at trace time, naming the class: a stateful layer called where 
 the wrong rank (e.g. a whole batch given to a per-example layer), a missing or foreign ``state``, a non-bool
 ``inference``; and whatever the pure function raises. Equinox is an optional dependency (``pip install
 jaxnorm[equinox]``); ``import jaxnorm`` does not import this module.
+
+Whole models: :func:`named_layers` and :func:`replace_layers` find and swap the layers by their PyTorch-style dotted
+path, :func:`torch_to_equinox` / :func:`equinox_to_torch_state_dict` load and export PyTorch state dicts,
+:func:`convert_sync_batch_norm` synchronizes the BatchNorm layers over devices, :func:`freeze_batch_norm` turns them
+into :class:`FrozenBatchNorm`; :func:`jaxnorm.recalibrate_batch_stats` recomputes their running statistics.
+
+Example:
+  >>> import equinox as eqx, jax, jax.numpy as jnp
+  >>> import jaxnorm.equinox as jeqx
+  >>> model, state = eqx.nn.make_with_state(eqx.nn.Sequential)([eqx.nn.Linear(3, 4, key=jax.random.key(0)),
+  ...                                                           jeqx.BatchNorm1d(4), jeqx.LayerNorm(4)])
+  >>> xs = jnp.arange(6.0).reshape(2, 3)                      # a batch of 2 examples (3,)
+  >>> ys, state = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(xs, state)
+  >>> ys.shape, [path for path, _ in jeqx.named_layers(model)]
+  ((2, 4), ['1', '2'])
+
+References:
+  Kidger & Garcia, Equinox: neural networks in JAX via callable PyTrees and filtered transformations, 2021,
+  https://arxiv.org/abs/2111.00254; PyTorch's ``torch.nn`` normalization layers,
+  https://pytorch.org/docs/stable/nn.html#normalization-layers
 """
 
 from __future__ import annotations
@@ -45,13 +65,14 @@ from jaxnorm import _checks
 from jaxnorm._types import PARAM_KEYS
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
 from jaxnorm.batch_renorm import batch_renorm
+from jaxnorm.frozen import frozen_batch_norm
 from jaxnorm.group_norm import _check_groups, group_norm, group_norm_init
 from jaxnorm.instance_norm import instance_norm_1d, instance_norm_2d, instance_norm_3d, instance_norm_init
 from jaxnorm.layer_norm import layer_norm, layer_norm_init, rms_norm, rms_norm_init
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm", "InstanceNorm1d", "InstanceNorm2d",
-           "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm", "named_layers", "replace_layers",
-           "torch_to_equinox", "equinox_to_torch_state_dict"]
+           "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm", "FrozenBatchNorm", "named_layers", "replace_layers",
+           "freeze_batch_norm", "convert_sync_batch_norm", "torch_to_equinox", "equinox_to_torch_state_dict"]
 
 
 class _NoState:
@@ -329,6 +350,10 @@ _BN_EXAMPLE = """\
     >>> ys.shape, state.get(bn.state_index)["num_batches_tracked"]
     ({shape}, Array(1, dtype=int32))
     >>> y_eval, _ = eqx.nn.inference_mode(bn)(xs[0], state)          # running statistics, one example
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167
 """
 
 
@@ -362,6 +387,10 @@ class BatchRenorm(_BatchNorm):
     >>> ys.round(3)
     Array([[-1., -1.],
            [ 1.,  1.]], dtype=float32)
+
+    References:
+      Ioffe, Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models, NeurIPS 2017,
+      https://arxiv.org/abs/1702.03275
     """
 
     r_max: float = eqx.field(static=True)
@@ -432,6 +461,10 @@ _IN_EXAMPLE = """\
     >>> x = jnp.arange({size}, dtype=jnp.float32).reshape{shape} ** 2   # one example, 2 channels
     >>> jeqx.{name}(2)(x).shape                                  # stateless by default: y = layer(x)
     {shape}
+
+    References:
+      Ulyanov, Vedaldi & Lempitsky, Instance Normalization: The Missing Ingredient for Fast Stylization, 2016,
+      https://arxiv.org/abs/1607.08022
 """
 
 
@@ -480,6 +513,9 @@ class LayerNorm(_Stateless):
     >>> import numpy as np
     >>> np.asarray(jeqx.LayerNorm(3)(jnp.array([1.0, 2.0, 3.0]))).round(3)
     array([-1.225,  0.   ,  1.225], dtype=float32)
+
+    References:
+      Ba, Kiros & Hinton, Layer Normalization, 2016, https://arxiv.org/abs/1607.06450
     """
 
     weight: jax.Array | None
@@ -511,6 +547,9 @@ class RMSNorm(_Stateless):
     >>> import numpy as np
     >>> np.asarray(jeqx.RMSNorm(2)(jnp.array([3.0, 4.0]))).round(3)
     array([0.849, 1.131], dtype=float32)
+
+    References:
+      Zhang & Sennrich, Root Mean Square Layer Normalization, NeurIPS 2019, https://arxiv.org/abs/1910.07467
     """
 
     weight: jax.Array | None
@@ -543,6 +582,9 @@ class GroupNorm(_Stateless):
     >>> np.asarray(jeqx.GroupNorm(1, 2)(jnp.array([[1.0, 3.0], [5.0, 7.0]]))).round(3)
     array([[-1.342, -0.447],
            [ 0.447,  1.342]], dtype=float32)
+
+    References:
+      Wu & He, Group Normalization, ECCV 2018, https://arxiv.org/abs/1803.08494
     """
 
     weight: jax.Array | None
@@ -569,6 +611,66 @@ class GroupNorm(_Stateless):
         axis = _batched_axis(name, self.axis, x.ndim)
         return group_norm(x[None], _params(self), self.num_groups, eps=self.eps, axis=axis,
                           mask=_batched_mask(name, mask, x))[0]
+
+
+class FrozenBatchNorm(_Stateless):
+    r"""torchvision's ``FrozenBatchNorm2d`` for one example ``(C, *)`` (``axis``: its channel axis, ``-1`` for
+    channels last): the fixed affine map of :func:`jaxnorm.frozen_batch_norm`,
+
+    .. math:: y = x\,s + t,\qquad s = \frac{\gamma}{\sqrt{v + \varepsilon}},\qquad t = \beta - \mu\,s
+
+    with ``weight`` :math:`\gamma`, ``bias`` :math:`\beta`, ``running_mean`` :math:`\mu` and ``running_var`` :math:`v`
+    (C,). :func:`freeze_batch_norm` makes it from a trained layer. Nothing of it changes: it keeps no state and the
+    map is held constant, so its four arrays get zero gradients (they are arrays of the model, torchvision's buffers,
+    so :func:`equinox_to_torch_state_dict` gives ``FrozenBatchNorm2d``'s keys; leave them out of an optimizer that
+    decays weights, e.g. with ``optax.masked``). Called ``y = layer(x)`` (or ``y, state = layer(x, state)``, the state
+    passed through); ``inference`` is accepted and ignored (one mode); ``mask``: 0 off the mask.
+
+    >>> import jax.numpy as jnp
+    >>> import jaxnorm.equinox as jeqx
+    >>> frozen = jeqx.FrozenBatchNorm(jnp.ones(2), jnp.zeros(2), jnp.array([1.0, 2.0]), jnp.ones(2), eps=0.0)
+    >>> frozen(jnp.array([2.0, 2.0])).tolist()                   # one example (C,)
+    [1.0, 0.0]
+
+    References:
+      torchvision's ``FrozenBatchNorm2d``,
+      https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html
+    """
+
+    weight: jax.Array
+    bias: jax.Array
+    running_mean: jax.Array
+    running_var: jax.Array
+    eps: float = eqx.field(static=True)
+    axis: int = eqx.field(static=True)
+
+    def __init__(self, weight: jax.Array, bias: jax.Array, running_mean: jax.Array, running_var: jax.Array, *,
+                 eps: float = 1e-5, axis: int = 0):
+        self.weight, self.bias = jnp.asarray(weight), jnp.asarray(bias)
+        self.running_mean, self.running_var = jnp.asarray(running_mean), jnp.asarray(running_var)
+        self.eps, self.axis = eps, axis
+
+    def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
+                 inference: bool | None = None, mask: jax.Array | None = None):
+        """The fixed affine map of one example ``x`` (0 off ``mask``); ``key`` and ``inference`` are ignored.
+
+        Returns:
+          ``y`` with ``x``'s shape and dtype, or ``(y, state)`` when a state was passed.
+        """
+        del key, inference
+        y = self._normalize(x, mask)
+        return y if state is _NO_STATE else (y, state)
+
+    def _normalize(self, x, mask):
+        name = type(self).__name__
+        _checks.check_floating(name, x)
+        if x.ndim < 1:
+            raise ValueError(f"{name}: expected one example (C, *), got a 0-D input")
+        axis = _batched_axis(name, self.axis, x.ndim)
+        mask = _checks.check_mask(name, mask, x)
+        stats = {"running_mean": self.running_mean, "running_var": self.running_var}
+        y = frozen_batch_norm(x[None], {"weight": self.weight, "bias": self.bias}, stats, eps=self.eps, axis=axis)[0]
+        return y if mask is None else jnp.where(mask, y, jnp.zeros((), y.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,6 +740,10 @@ def named_layers(model: Any) -> list[tuple[str, eqx.Module]]:
     >>> model = eqx.nn.Sequential([jeqx.LayerNorm(3), eqx.nn.Lambda(abs), jeqx.BatchNorm1d(3)])
     >>> [(path, type(layer).__name__) for path, layer in jeqx.named_layers(model)]
     [('0', 'LayerNorm'), ('2', 'BatchNorm1d')]
+
+    References:
+      PyTorch's ``torch.nn.Module.named_modules``,
+      https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.named_modules
     """
     return [(name, node) for _, name, node in _walk(model, _is_layer)]
 
@@ -655,6 +761,9 @@ def replace_layers(model: Any, replace: Callable[[str, eqx.Module], Any]) -> Any
     >>> model = jeqx.replace_layers(model, lambda path, layer: jeqx.RMSNorm(3) if path == "1" else layer)
     >>> [type(layer).__name__ for layer in model.layers]
     ['LayerNorm', 'RMSNorm']
+
+    References:
+      ``equinox.tree_at``, https://docs.kidger.site/equinox/api/manipulation/#equinox.tree_at
     """
     found = list(_walk(model, _is_layer))
     if not found:
@@ -665,6 +774,73 @@ def replace_layers(model: Any, replace: Callable[[str, eqx.Module], Any]) -> Any
     return eqx.tree_at(lambda m: [_at(m, path) for path, _, _ in found], model, new, is_leaf=lambda n: n is None)
 
 
+def _frozen(name: str, path: str, layer: _Stateful, state: eqx.nn.State) -> FrozenBatchNorm:
+    """The :class:`FrozenBatchNorm` of a layer with running statistics, from its parameters and its entry in
+    ``state``."""
+    try:
+        stats = state.get(layer.state_index)
+    except KeyError:
+        raise ValueError(f"{name}: the state holds no running statistics for the layer {path!r} "
+                         f"({type(layer).__name__}): it belongs to another model; pass the state made with this "
+                         "model") from None
+    mean = stats["running_mean"]
+    weight = jnp.ones_like(mean) if layer.weight is None else layer.weight
+    bias = jnp.zeros_like(mean) if layer.bias is None else layer.bias
+    return FrozenBatchNorm(weight, bias, mean, stats["running_var"], eps=layer.eps, axis=layer.axis)
+
+
+def freeze_batch_norm(model: Any, state: eqx.nn.State, *,
+                      where: Callable[[str], bool] | None = None) -> tuple[Any, eqx.nn.State]:
+    """torchvision's ``FrozenBatchNorm2d`` for an Equinox model: the layers with running statistics
+    (``BatchNorm1d/2d/3d``, ``BatchRenorm``, ``InstanceNorm*d`` with ``track_running_stats=True``), all of them or
+    those whose dotted path ``where`` selects (open_clip's ``module_match``), become :class:`FrozenBatchNorm` layers
+    computing the fixed map of their running statistics, as PyTorch's ``eval()`` does, in both modes.
+
+    The returned state is ``state.substate(model)`` of the new model: it loses the frozen layers' entries (their
+    statistics are now arrays of the frozen layers) and keeps every other one; the input ``model`` and ``state`` stay
+    valid and unchanged.
+
+    Args:
+      model: an Equinox model (any pytree of modules).
+      state: its ``eqx.nn.State``.
+      where: ``None`` (every such layer), or ``where(path) -> bool`` of a layer's dotted path as
+        :func:`named_layers` gives it (``layer1.0.bn1``; ``""`` for a model that is itself the layer).
+
+    Returns:
+      ``(model, state)``: the new model and its state.
+
+    Raises:
+      TypeError: ``state`` is not an ``eqx.nn.State``, or ``where`` is not callable.
+      ValueError: no layer with running statistics, ``where`` selects none of them (the message lists their paths),
+        or a state of another model.
+
+    >>> import equinox as eqx, jax, jax.numpy as jnp
+    >>> import jaxnorm.equinox as jeqx
+    >>> model, state = eqx.nn.make_with_state(eqx.nn.Sequential)([jeqx.BatchNorm1d(2), jeqx.BatchNorm1d(2)])
+    >>> model, state = jeqx.freeze_batch_norm(model, state, where=lambda path: path == "0")
+    >>> [type(layer).__name__ for layer in model.layers], len(jax.tree.leaves(state))
+    (['FrozenBatchNorm', 'BatchNorm1d'], 3)
+    >>> model.layers[0](jnp.array([1.0, 2.0]), inference=False).round(3).tolist()   # running mean 0, var 1
+    [1.0, 2.0]
+
+    References:
+      torchvision's ``FrozenBatchNorm2d``,
+      https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html; open_clip's
+      ``freeze_batch_norm_2d(module, module_match)``, https://github.com/mlfoundations/open_clip
+    """
+    name = "freeze_batch_norm"
+    if not isinstance(state, eqx.nn.State):
+        raise TypeError(f"{name}: expected state to be the model's eqx.nn.State (model, state = "
+                        f"eqx.nn.make_with_state(Model)(...)), got {type(state).__name__}")
+    paths = [path for path, layer in named_layers(model) if isinstance(layer, _Stateful) and layer.is_stateful()]
+    if where is None and not paths:
+        raise ValueError(f"{name}: found no layer with running statistics in {type(model).__name__}")
+    chosen = set(paths if where is None else _checks.selected(name, _checks.check_where(name, where), paths))
+    new = replace_layers(model, lambda path, layer: _frozen(name, path, layer, state) if path in chosen else layer)
+    return new, state.substate(new)
+
+
 _NORM_LAYERS = (_Stateful, _Stateless)
 
-from jaxnorm._equinox_interop import equinox_to_torch_state_dict, torch_to_equinox  # noqa: E402  (it uses the above)
+from jaxnorm._equinox_convert import convert_sync_batch_norm  # noqa: E402  (they use the above)
+from jaxnorm._equinox_interop import equinox_to_torch_state_dict, torch_to_equinox  # noqa: E402

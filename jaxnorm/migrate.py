@@ -26,17 +26,33 @@ cannot:
 Keras' ``epsilon`` default is ``1e-3`` (PyTorch, Flax and Haiku use ``1e-5``); Flax's LayerNorm, GroupNorm and
 RMSNorm default to ``epsilon=1e-6``: always pass the converted ``eps``.
 
-Reference: Ioffe & Szegedy, *Batch Normalization*, 2015 (the biased/unbiased variance: its Algorithm 2); PyTorch's
-``torch.nn.BatchNorm2d`` documentation; ``flax.linen.BatchNorm``, ``keras.layers.BatchNormalization`` and
-``haiku.BatchNorm`` / ``haiku.ExponentialMovingAverage`` sources.
+Every name is also at the top level (``jn.from_flax_batch_norm``, ...; loaded on first use); the NNX converters
+are :func:`jaxnorm.nnx.convert_flax_norms` and :func:`jaxnorm.nnx.convert_sync_batch_norm`, Equinox's
+``jaxnorm.equinox.convert_sync_batch_norm``.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jaxnorm as jn
+  >>> params, stats = jn.from_flax_batch_norm({"scale": jnp.ones(2)}, {"mean": jnp.zeros(2), "var": jnp.full(2, 4.0)})
+  >>> y, _ = jn.batch_norm(jnp.array([[2.0, 4.0]]), params, stats, train=False, eps=0.0)   # Flax's eval output
+  >>> y.tolist(), jn.momentum_from_decay(0.99)                # Flax's momentum=0.99 is PyTorch's 0.01
+  ([[1.0, 2.0]], 0.01)
+
+References:
+  Ioffe & Szegedy, Batch Normalization, ICML 2015, https://arxiv.org/abs/1502.03167 (the biased/unbiased variance:
+  its Algorithm 2); PyTorch's ``torch.nn.BatchNorm2d``,
+  https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html;
+  ``flax.linen.BatchNorm``, https://flax.readthedocs.io/en/latest/api_reference/flax.linen/layers.html;
+  ``keras.layers.BatchNormalization``, https://keras.io/api/layers/normalization_layers/batch_normalization/;
+  ``haiku.BatchNorm`` and ``haiku.ExponentialMovingAverage``, https://dm-haiku.readthedocs.io/en/latest/api.html
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -74,6 +90,11 @@ def momentum_from_decay(decay: float) -> float:
 
     Raises:
       ValueError: ``decay`` outside ``[0, 1]``.
+
+    References:
+      ``flax.linen.BatchNorm``,
+      https://flax.readthedocs.io/en/latest/api_reference/flax.linen/layers.html#flax.linen.BatchNorm;
+      PyTorch's ``torch.nn.BatchNorm2d``, https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
     """
     if isinstance(decay, bool) or not isinstance(decay, (int, float, np.floating, np.integer)) or not 0 <= decay <= 1:
         raise ValueError(f"momentum_from_decay: expected a decay in [0, 1] (Flax/Keras momentum, Haiku decay_rate), "
@@ -179,6 +200,11 @@ def from_flax_batch_norm(params: Mapping[str, Any], batch_stats: Mapping[str, An
     (['bias', 'weight'], ['num_batches_tracked', 'running_mean', 'running_var'])
     >>> jn.batch_norm(jnp.array([[3.0]]), params, stats, train=False)[0].round(4).tolist()
     [[2.5]]
+
+    References:
+      ``flax.linen.BatchNorm``,
+      https://flax.readthedocs.io/en/latest/api_reference/flax.linen/layers.html#flax.linen.BatchNorm;
+      PyTorch's ``torch.nn.BatchNorm2d``, https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
     """
     name = "from_flax_batch_norm"
     params, batch_stats = _mapping(name, "params", params), _mapping(name, "batch_stats", batch_stats)
@@ -238,6 +264,11 @@ def from_keras_batch_norm(layer: Any, *, strict: bool = True) -> tuple[Params, B
     >>> params, stats = from_keras_batch_norm(layer)
     >>> sorted(params), stats["running_var"].tolist(), batch_norm_options(layer)
     (['weight'], [1.0, 1.0, 1.0], {'momentum': 0.01, 'eps': 0.001, 'axis': -1})
+
+    References:
+      Keras' ``BatchNormalization``,
+      https://keras.io/api/layers/normalization_layers/batch_normalization/;
+      PyTorch's ``torch.nn.BatchNorm2d``, https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
     """
     name = "from_keras_batch_norm"
     layer = _keras_layer(name, layer)
@@ -315,6 +346,10 @@ def from_haiku_batch_norm(params: Mapping[str, Any], state: Mapping[str, Any], *
     >>> params, stats = from_haiku_batch_norm({}, state)
     >>> params, stats["running_var"].tolist(), int(stats["num_batches_tracked"])
     ({}, [4.0, 9.0], 3)
+
+    References:
+      Haiku's ``hk.BatchNorm``, https://dm-haiku.readthedocs.io/en/latest/api.html#batchnorm;
+      PyTorch's ``torch.nn.BatchNorm2d``, https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
     """
     name = "from_haiku_batch_norm"
     params, state = _mapping(name, "params", params), _mapping(name, "state", state)
@@ -350,6 +385,13 @@ def batch_norm_options(layer: Any) -> dict[str, Any]:
     >>> import flax.linen as nn
     >>> batch_norm_options(nn.BatchNorm(momentum=0.9, epsilon=1e-3))
     {'momentum': 0.1, 'eps': 0.001, 'axis': -1}
+
+    References:
+      ``flax.linen.BatchNorm``,
+      https://flax.readthedocs.io/en/latest/api_reference/flax.linen/layers.html#flax.linen.BatchNorm;
+      Keras' ``BatchNormalization``,
+      https://keras.io/api/layers/normalization_layers/batch_normalization/;
+      PyTorch's ``torch.nn.BatchNorm2d``, https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
     """
     name = "batch_norm_options"
     keras = sys.modules.get("keras")
@@ -459,6 +501,11 @@ def convert_flax_variables(variables: Mapping[str, Any], template: Mapping[str, 
     >>> template = jnn.BatchNorm1d(3, axis=-1).init(jax.random.key(0), x, train=False)
     >>> sorted(convert_flax_variables(flax_vars, template)["batch_stats"])
     ['num_batches_tracked', 'running_mean', 'running_var']
+
+    References:
+      ``flax.linen.BatchNorm``,
+      https://flax.readthedocs.io/en/latest/api_reference/flax.linen/layers.html#flax.linen.BatchNorm;
+      PyTorch's ``torch.nn.BatchNorm2d``, https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
     """
     name = "convert_flax_variables"
     variables, template = _mapping(name, "variables", variables), _mapping(name, "template", template)
@@ -485,6 +532,10 @@ def convert_flax_norms(model: nnx.Module) -> nnx.Module:
     >>> model = convert_flax_norms(nnx.Sequential(nnx.BatchNorm(3, rngs=nnx.Rngs(0))))
     >>> type(model.layers[0]).__name__, model.layers[0].momentum
     ('BatchNorm', 0.01)
+
+    References:
+      Flax's ``flax.nnx`` normalization layers,
+      https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html
     """
     from jaxnorm._nnx_convert import convert_flax_norms as convert
 
@@ -502,6 +553,10 @@ def convert_sync_batch_norm(model: Any, axis_name: Any, *,
     >>> model = convert_sync_batch_norm(nnx.Sequential(jnnx.BatchNorm2d(3)), "data")
     >>> model.layers[0].axis_name
     'data'
+
+    References:
+      PyTorch's ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``,
+      https://pytorch.org/docs/stable/generated/torch.nn.SyncBatchNorm.html
     """
     if isinstance(model, nnx.Module):
         from jaxnorm._nnx_convert import convert_sync_batch_norm as convert
@@ -511,78 +566,3 @@ def convert_sync_batch_norm(model: Any, axis_name: Any, *,
         raise TypeError(f"convert_sync_batch_norm: expected a flax.nnx.Module or an equinox.Module, got "
                         f"{type(model).__name__}")
     return convert(model, axis_name, axis_index_groups=axis_index_groups)
-
-
-# --------------------------------------------------------------------------------------------
-# Selecting layers by their dotted path (freeze_batch_norm's ``where=``, open_clip's ``module_match``)
-# --------------------------------------------------------------------------------------------
-
-Where = Callable[[str], bool]
-
-
-def _check_where(name: str, where: Any) -> Where:
-    """``where`` if it is callable (``where(dotted_path) -> bool``), else a TypeError naming ``name``."""
-    if not callable(where):
-        raise TypeError(f"{name}: expected where to be a function of the dotted layer path (e.g. 'block1.bn') "
-                        f"returning a bool, got {type(where).__name__}")
-    return cast(Where, where)
-
-
-def _selected(name: str, where: Where, paths: list[str]) -> list[str]:
-    """The ``paths`` ``where`` selects; a ValueError listing them all if it selects none (a typo, not a no-op)."""
-    chosen = [path for path in paths if where(path)]
-    if not chosen:
-        raise ValueError(f"{name}: where selected none of the layers with running statistics {paths}")
-    return chosen
-
-
-def _linen_layers(stats: Mapping[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Paths of the unfrozen layers with running statistics in a linen ``batch_stats`` tree."""
-    if "running_mean" in stats and "running_var" in stats:
-        return [] if "weight" in stats else [path]  # a frozen layer keeps its weight there
-    return [p for key, sub in stats.items() if isinstance(sub, Mapping) for p in _linen_layers(sub, (*path, key))]
-
-
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree.get(key, {}) if isinstance(tree, Mapping) else {}
-    return tree
-
-
-def _put(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    """A copy of ``tree`` with ``value`` at ``path`` (``None``: removed, with the dicts that leaves empty)."""
-    out = dict(tree)
-    head, rest = path[0], path[1:]
-    new = _put(out.get(head, {}), rest, value) if rest else value
-    if new is None or (value is None and not new):
-        out.pop(head, None)
-    else:
-        out[head] = new
-    return out
-
-
-def _freeze_linen_where(variables: Mapping[str, Any], where: Where) -> dict[str, Any]:
-    """:func:`jaxnorm.freeze_batch_norm` of the linen layers whose dotted path (``block1.bn``: the module names
-    joined by dots, as :func:`jaxnorm.flax_to_torch_state_dict` names them) ``where`` selects; the other layers
-    keep training. The selected layers are frozen by :func:`jaxnorm.frozen.freeze_linen_variables` itself.
-
-    Raises:
-      TypeError: ``where`` not callable. ValueError: no ``batch_stats``, or ``where`` selects no layer.
-    """
-    from jaxnorm.frozen import freeze_linen_variables
-
-    name = "freeze_batch_norm"
-    where = _check_where(name, where)
-    if not isinstance(variables, Mapping) or not isinstance(variables.get("batch_stats"), Mapping):
-        raise ValueError(f"{name}: expected linen variables with a 'batch_stats' collection, got "
-                         f"{sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__}")
-    layers = {".".join(p): p for p in _linen_layers(variables["batch_stats"])}
-    chosen = [layers[path] for path in _selected(name, where, list(layers))]
-    part: dict[str, Any] = {"params": {}, "batch_stats": {}}
-    for path in chosen:
-        part = {col: _put(part[col], path, _get(variables.get(col, {}), path)) for col in part}
-    frozen = freeze_linen_variables(part)
-    params, stats = variables.get("params", {}), variables["batch_stats"]
-    for path in chosen:
-        params, stats = _put(params, path, None), _put(stats, path, _get(frozen["batch_stats"], path))
-    return {**variables, "params": params, "batch_stats": stats}

@@ -36,7 +36,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -58,8 +58,9 @@ from jaxnorm.instance_norm import (
 )
 from jaxnorm.layer_norm import layer_norm, layer_norm_init, rms_norm, rms_norm_init
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-           "LayerNorm", "GroupNorm", "RMSNorm", "FrozenBatchNorm", "freeze_batch_norm"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNorm", "InstanceNorm1d", "InstanceNorm2d",
+           "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm", "FrozenBatchNorm", "freeze_batch_norm",
+           "convert_flax_norms", "convert_sync_batch_norm"]
 
 
 def _variable(kind: type[nnx.Variable[Any]], tree: Mapping[str, jax.Array], key: str,
@@ -249,6 +250,31 @@ class BatchNorm3d(_BatchNorm):
     """
 
     _function = staticmethod(batch_norm_3d)
+
+
+class BatchNorm(_BatchNorm):
+    """``torch.nn.functional.batch_norm`` as a layer for inputs of any rank ``(N, C, *)``, as Flax's
+    ``nnx.BatchNorm``; calls :func:`jaxnorm.batch_norm`. :func:`convert_flax_norms` puts it in place of an
+    ``nnx.BatchNorm``, whose input rank is not known until it is called. Arguments, attributes and BatchStats as
+    :class:`BatchNorm2d` (``axis=-1`` for channels-last); PyTorch's own classes check the rank, this one does not.
+
+    Shape:
+      - Input: ``(N, C, *)``, channels on ``axis``.
+      - Output: the input's shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxnorm.nnx as jnnx
+      >>> bn = jnnx.BatchNorm(2, axis=-1)
+      >>> bn(jnp.ones((4, 2))).shape, bn(jnp.ones((2, 3, 5, 2))).shape     # any rank
+      ((4, 2), (2, 3, 5, 2))
+      >>> int(bn.num_batches_tracked[...])
+      2
+
+    References:
+      Ioffe & Szegedy, Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+      Shift, ICML 2015, https://arxiv.org/abs/1502.03167
+    """
 
 
 class _InstanceNorm(_Stateful):
@@ -500,34 +526,141 @@ def _replace_at(model: nnx.Module, path: tuple[Any, ...], new: nnx.Module) -> No
         setattr(parent, str(path[-1]), new)
 
 
-def freeze_batch_norm(model: nnx.Module) -> nnx.Module:
-    """Replace, in place, every layer of ``model`` that has running statistics (jaxnorm's ``BatchNorm*d``, and
-    ``InstanceNorm*d`` with ``track_running_stats=True``) by a :class:`FrozenBatchNorm` built from it.
+def _dotted(path: tuple[Any, ...]) -> str:
+    """A module path of ``nnx.iter_modules`` as PyTorch names it: ``blocks.0.bn``."""
+    return ".".join(str(key) for key in path)
+
+
+def freeze_batch_norm(model: nnx.Module, *, where: Callable[[str], bool] | None = None) -> nnx.Module:
+    """Replace, in place, the layers of ``model`` that have running statistics (jaxnorm's ``BatchNorm*d`` and
+    :class:`BatchNorm`, and ``InstanceNorm*d`` with ``track_running_stats=True``) by a :class:`FrozenBatchNorm` built
+    from each: all of them, or those whose dotted path ``where`` selects (open_clip's ``module_match``).
+
+    Args:
+      model: an NNX model.
+      where: ``None`` (every such layer), or ``where(path) -> bool`` of a layer's attribute path joined by dots,
+        list items by their index (``blocks.0.bn``): the prefix of its keys in :func:`jaxnorm.nnx_to_torch_state_dict`.
 
     Returns:
       ``model`` (changed in place), for chaining.
 
     Raises:
-      ValueError: no such layer in ``model`` (a model that is itself one such layer cannot be replaced in place).
+      TypeError: not an NNX module, or ``where`` not callable.
+      ValueError: no such layer in ``model`` (a model that is itself one such layer cannot be replaced in place), or
+        ``where`` selects none of them (the message lists their paths).
 
     Example:
       >>> from flax import nnx
       >>> import jaxnorm.nnx as jnnx
-      >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnnx.BatchNorm1d(3))
-      >>> type(jnnx.freeze_batch_norm(model).layers[1]).__name__
-      'FrozenBatchNorm'
-      >>> sorted(nnx.to_pure_dict(nnx.state(model, nnx.Param))["layers"])    # its four arrays are not trained
-      [0]
+      >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnnx.BatchNorm1d(3), jnnx.BatchNorm1d(3))
+      >>> [type(m).__name__ for m in jnnx.freeze_batch_norm(model, where=lambda path: path == "layers.1").layers]
+      ['Linear', 'FrozenBatchNorm', 'BatchNorm1d']
+      >>> sorted(nnx.to_pure_dict(nnx.state(model, nnx.Param))["layers"])    # the frozen layer's arrays are not trained
+      [0, 2]
 
     References:
       torchvision's ``FrozenBatchNorm2d``,
-      https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html
+      https://pytorch.org/vision/stable/generated/torchvision.ops.FrozenBatchNorm2d.html; open_clip's
+      ``freeze_batch_norm_2d(module, module_match)``, https://github.com/mlfoundations/open_clip
     """
-    replaced = 0
-    for path, module in list(nnx.iter_modules(model)):
-        if isinstance(module, _Stateful) and module.track_running_stats and path:
-            _replace_at(model, path, _frozen(module))
-            replaced += 1
-    if not replaced:
-        raise ValueError(f"freeze_batch_norm: found no layer with running statistics in {type(model).__name__}")
+    name = "freeze_batch_norm"
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"{name}: expected a flax.nnx.Module, got {type(model).__name__}")
+    layers = [(path, module) for path, module in nnx.iter_modules(model)
+              if isinstance(module, _Stateful) and module.track_running_stats and path]
+    if where is not None:
+        chosen = set(_checks.selected(name, _checks.check_where(name, where), [_dotted(p) for p, _ in layers]))
+        layers = [(path, module) for path, module in layers if _dotted(path) in chosen]
+    if not layers:
+        raise ValueError(f"{name}: found no layer with running statistics in {type(model).__name__}")
+    for path, module in layers:
+        _replace_at(model, path, _frozen(module))
     return model
+
+
+def convert_flax_norms(model: nnx.Module) -> nnx.Module:
+    """Replace, in place, every ``nnx.BatchNorm``, ``nnx.LayerNorm``, ``nnx.GroupNorm`` and ``nnx.RMSNorm`` of
+    ``model`` by the jaxnorm layer that computes the same thing with PyTorch's semantics.
+
+    Carried over: the parameters and running statistics (the Variables themselves, so their values, dtypes and
+    metadata), ``epsilon`` -> ``eps``, ``momentum`` -> PyTorch's ``1 − momentum``
+    (:func:`jaxnorm.migrate.momentum_from_decay`), ``axis``, ``axis_name``/``axis_index_groups`` and
+    ``use_running_average`` of BatchNorm (so ``model.eval()`` still switches it). ``nnx.BatchNorm`` becomes
+    :class:`BatchNorm` (any rank, as Flax's), LayerNorm/RMSNorm over the last axis become
+    :class:`LayerNorm`/:class:`RMSNorm` ``(num_features)``, GroupNorm :class:`GroupNorm` ``(..., axis=feature_axis)``.
+    In eval mode the model's outputs stay the same (to float32 rounding).
+
+    What cannot carry over: the biased running variance Flax accumulated (PyTorch's is unbiased; see
+    :mod:`jaxnorm.migrate`); ``num_batches_tracked`` starts at 0; a bias without a scale gets a trainable weight of
+    ones; Flax's ``dtype`` (outputs now have the input's dtype), ``use_fast_variance`` (jaxnorm's variance is always
+    the stable one) and Flax's mask convention (jaxnorm zeroes the output off the mask). Calls must pass
+    ``use_running_average=``/``mask=`` by keyword. ``nnx.InstanceNorm`` is left as it is. Build the optimizer after
+    the conversion (it holds the model's Variables).
+
+    Args:
+      model: an NNX model.
+
+    Returns:
+      ``model`` (changed in place), or the converted layer if ``model`` is itself one.
+
+    Raises:
+      TypeError: not an NNX module. ValueError: no Flax norm layer, or one with no jaxnorm counterpart (several
+      channel axes, statistics over other axes, or over a named axis for LayerNorm/GroupNorm/RMSNorm); the message
+      names its path. Nothing is changed then.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jaxnorm.nnx as jnnx
+      >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.BatchNorm(3, rngs=nnx.Rngs(0)),
+      ...                        nnx.LayerNorm(3, rngs=nnx.Rngs(0)))
+      >>> model = jnnx.convert_flax_norms(model)
+      >>> [type(m).__name__ for m in model.layers], model.layers[1].momentum, model.layers[2].eps
+      (['Linear', 'BatchNorm', 'LayerNorm'], 0.01, 1e-06)
+
+    References:
+      Flax's ``flax.nnx.BatchNorm``/``LayerNorm``/``GroupNorm``/``RMSNorm``,
+      https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html; PyTorch's
+      ``torch.nn.BatchNorm2d``, https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html
+    """
+    from jaxnorm._nnx_convert import convert_flax_norms as convert  # it imports this module: loaded on first use
+
+    return convert(model)
+
+
+def convert_sync_batch_norm(model: nnx.Module, axis_name: Hashable,
+                            *, axis_index_groups: Sequence[Sequence[int]] | None = None) -> nnx.Module:
+    """PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``: every BatchNorm of ``model`` computes its statistics over
+    the named axis ``axis_name`` (``nnx.shard_map``/``jax.shard_map``, ``nnx.pmap``, ``nnx.vmap``), in place.
+
+    jaxnorm's ``BatchNorm1d/2d/3d`` (and :class:`BatchNorm`) get ``axis_name`` and ``axis_index_groups``
+    (statistics within groups of devices, PyTorch's ``process_group``); Flax's own ``nnx.BatchNorm`` gets its
+    attributes of the same names (Flax's synchronized statistics: convert it first with :func:`convert_flax_norms`
+    for PyTorch's semantics). Other layers are left alone (PyTorch does not synchronize InstanceNorm either). The
+    result equals BatchNorm on the whole batch (every device's examples together).
+
+    Args:
+      model: an NNX model.
+      axis_name: the mapped axis to synchronize over.
+      axis_index_groups: ``None`` (the whole axis) or a partition of the axis' indices.
+
+    Returns:
+      ``model`` (changed in place).
+
+    Raises:
+      TypeError: not an NNX module, or groups that are not lists of ints. ValueError: no axis name, or no BatchNorm.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jaxnorm.nnx as jnnx
+      >>> model = jnnx.convert_sync_batch_norm(nnx.Sequential(jnnx.BatchNorm1d(2)), "data",
+      ...                                      axis_index_groups=[[0, 1]])
+      >>> model.layers[0].axis_name, model.layers[0].axis_index_groups
+      ('data', ((0, 1),))
+
+    References:
+      PyTorch's ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``,
+      https://pytorch.org/docs/stable/generated/torch.nn.SyncBatchNorm.html
+    """
+    from jaxnorm._nnx_convert import convert_sync_batch_norm as convert  # it imports this module: loaded on first use
+
+    return convert(model, axis_name, axis_index_groups=axis_index_groups)

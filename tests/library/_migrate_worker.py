@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from jaxnorm._nnx_convert import convert_flax_norms, convert_sync_batch_norm
+from jaxnorm.nnx import convert_flax_norms, convert_sync_batch_norm
 
 AX = sync.AX
 CASES = ("nnx/shard_map",)

@@ -20,9 +20,6 @@ import jaxnorm
 
 MODULES = ["jaxnorm", *sorted(m.name for m in pkgutil.iter_modules(jaxnorm.__path__, "jaxnorm."))]
 PUBLIC_MODULES = [name for name in MODULES if not name.rsplit(".", 1)[-1].startswith("_")]
-# Front-ends whose docstrings their own work is completing: they still lack a module example and "References:"
-# sections. Strict: once one has them, its test passes, fails here as XPASS, and its line goes.
-INCOMPLETE = {"jaxnorm.equinox": "issue 26", "jaxnorm.migrate": "issue 27"}
 
 
 def _import(name: str):
@@ -67,9 +64,7 @@ def _lacks(obj: object) -> list[str]:
     return [what for what, mark in (("example", ">>>"), ("reference", "References:")) if mark not in doc]
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"docstrings in progress ({INCOMPLETE[name]})"))
-    if name in INCOMPLETE else name for name in PUBLIC_MODULES])
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
 def test_every_public_name_has_an_example_and_a_reference(name):
     module = _import(name)
     assert hasattr(module, "__all__"), f"{name} declares no __all__"

@@ -17,8 +17,10 @@ eqx = pytest.importorskip("equinox")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import jaxnorm as jn  # noqa: E402
 import jaxnorm.equinox as jeqx  # noqa: E402
-from jaxnorm.equinox import equinox_to_torch_state_dict, torch_to_equinox  # noqa: E402  (jn.* once wired)
+
+torch_to_equinox, equinox_to_torch_state_dict = jn.torch_to_equinox, jn.equinox_to_torch_state_dict
 
 RNG = np.random.default_rng(0)
 
@@ -80,23 +82,25 @@ def test_errors_leave_the_inputs_usable():
     model, state = torch_to_equinox(random_state_dict(), *eqx.filter_eval_shape(eqx.nn.make_with_state(Net),
                                                                                 jax.random.key(1)))
     sd = random_state_dict()
-    with pytest.raises(ValueError, match=r"missing keys \['layers.0.bias'\]"):
+    with pytest.raises(ValueError, match=r"^torch_to_equinox: state dict does not match the model: missing keys "
+                                         r"\['layers.0.bias'\]"):
         torch_to_equinox({k: v for k, v in sd.items() if k != "layers.0.bias"}, model, state)
     with pytest.raises(ValueError, match=r"unexpected keys \['extra.weight'\] \(strict=False ignores them\)"):
         torch_to_equinox({**sd, "extra.weight": np.ones(2)}, model, state)
-    with pytest.raises(ValueError, match=r"'conv.weight': expected shape \(4, 2, 3, 3\) \(Equinox shape \(4, 2, 3, "
-                                         r"3\)\), got \(4, 2, 3, 2\)"):
+    with pytest.raises(ValueError, match=r"^torch_to_equinox: state dict entry 'conv.weight': expected shape "
+                                         r"\(4, 2, 3, 3\) \(Equinox shape \(4, 2, 3, 3\)\), got \(4, 2, 3, 2\)"):
         torch_to_equinox({**sd, "conv.weight": np.ones((4, 2, 3, 2), np.float32)}, model, state)
     with pytest.raises(ValueError, match=r"'conv.bias': expected shape \(4,\) \(Equinox shape \(4, 1, 1\)\), got "
                                          r"\(4, 1, 1\)"):
         torch_to_equinox({**sd, "conv.bias": np.ones((4, 1, 1), np.float32)}, model, state)
     with pytest.raises(ValueError, match=r"'bn.running_var': expected shape \(4,\)"):
         torch_to_equinox({**sd, "bn.running_var": np.ones(3, np.float32)}, model, state)
-    with pytest.raises(TypeError, match="expected a state dict"):
+    with pytest.raises(TypeError, match="^torch_to_equinox: expected a state dict"):
         torch_to_equinox(list(sd.items()), model, state)
-    with pytest.raises(TypeError, match="expected state to be an eqx.nn.State"):
+    with pytest.raises(TypeError, match="^equinox_to_torch_state_dict: expected state to be an eqx.nn.State"):
         equinox_to_torch_state_dict(model, {})
-    with pytest.raises(ValueError, match=r"the state holds no running statistics for the layer 'bn' \(BatchNorm2d\)"):
+    with pytest.raises(ValueError, match=r"^equinox_to_torch_state_dict: the state holds no running statistics for "
+                                         r"the layer 'bn' \(BatchNorm2d\)"):
         equinox_to_torch_state_dict(model, eqx.nn.State(jeqx.LayerNorm(2)))
     loaded, loaded_state = torch_to_equinox({**sd, "extra.weight": np.ones(2)}, model, state, strict=False)
     np.testing.assert_array_equal(loaded.embed.weight, sd["embed.weight"])
@@ -111,10 +115,12 @@ def test_errors_leave_the_inputs_usable():
 
 
 @pytest.mark.parametrize("layer,message", [
-    (lambda key: eqx.nn.ConvTranspose2d(2, 3, 3, key=key), r"^1 \(ConvTranspose2d\) has no PyTorch state-dict "
-                                                            r"layout here: its weight is laid out"),
-    (lambda key: eqx.nn.BatchNorm(3, "batch", mode="batch"), r"^1 \(BatchNorm\) has no PyTorch state-dict layout "
-                                                             r"here: its running statistics are not PyTorch's"),
+    (lambda key: eqx.nn.ConvTranspose2d(2, 3, 3, key=key), r"^equinox_to_torch_state_dict: 1 \(ConvTranspose2d\) "
+                                                            r"has no PyTorch state-dict layout here: its weight is "
+                                                            r"laid out"),
+    (lambda key: eqx.nn.BatchNorm(3, "batch", mode="batch"), r"^equinox_to_torch_state_dict: 1 \(BatchNorm\) has no "
+                                                             r"PyTorch state-dict layout here: its running statistics "
+                                                             r"are not PyTorch's"),
 ])
 def test_layers_without_a_pytorch_layout_are_named(layer, message):
     model, state = eqx.filter_eval_shape(eqx.nn.make_with_state(lambda: [eqx.nn.Linear(2, 2, key=jax.random.key(0)),

@@ -1,5 +1,7 @@
 """``import jaxnorm`` costs jax and the pure functions only: neither Flax API (nor torch, Keras, Equinox, Haiku) is
-imported until a name that needs it is used; then that name works, and every public name is listed and found."""
+imported until a name that needs it is used; then that name works (jaxnorm.migrate's and the Equinox interop's
+too; the Equinox names are listed where Equinox is installed, and say what to install where it is not), and every
+public name is listed and found."""
 
 import json
 import os
@@ -18,6 +20,24 @@ freeze = jaxnorm.freeze_batch_norm
 import jaxnorm.freeze
 report["freeze_is_the_function"] = freeze is jaxnorm.freeze.freeze_batch_norm
 report["flax_nnx_after_use"] = "flax.nnx" in sys.modules
+report["optional_after_flax_use"] = sorted(m for m in ("torch", "keras", "equinox", "haiku") if m in sys.modules)
+import jaxnorm.migrate
+report["migrate_names"] = all(getattr(jaxnorm, n) is getattr(jaxnorm.migrate, n) for n in
+                              ("from_flax_batch_norm", "from_keras_batch_norm", "from_haiku_batch_norm",
+                               "convert_flax_variables", "batch_norm_options", "momentum_from_decay"))
+import importlib.util
+has_equinox = importlib.util.find_spec("equinox") is not None
+report["equinox_listed_where_installed"] = has_equinox == ("torch_to_equinox" in jaxnorm.__all__)
+if has_equinox:
+    to_eqx = jaxnorm.torch_to_equinox
+    import jaxnorm.equinox
+    report["equinox_names"] = (to_eqx is jaxnorm.equinox.torch_to_equinox and jaxnorm.equinox_to_torch_state_dict
+                               is jaxnorm.equinox.equinox_to_torch_state_dict and jaxnorm.equinox is jaxnorm.equinox)
+else:
+    try:
+        jaxnorm.torch_to_equinox
+    except ModuleNotFoundError as e:
+        report["equinox_names"] = "pip install 'jaxnorm[equinox]'" in str(e)
 report["missing_from_dir"] = sorted(set(jaxnorm.__all__) - set(dir(jaxnorm)))
 report["not_found"] = sorted(name for name in jaxnorm.__all__ if not hasattr(jaxnorm, name))
 print(json.dumps(report))
@@ -31,7 +51,8 @@ def test_import_jaxnorm_loads_no_front_end_until_one_is_used():
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report == {"after_import": [], "freeze_is_the_function": True, "flax_nnx_after_use": True,
-                      "missing_from_dir": [], "not_found": []}
+                      "optional_after_flax_use": [], "migrate_names": True, "equinox_listed_where_installed": True,
+                      "equinox_names": True, "missing_from_dir": [], "not_found": []}
 
 
 def test_an_unknown_name_is_an_attribute_error():

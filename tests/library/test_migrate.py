@@ -5,9 +5,10 @@ values), is converted, and then (1) its eval outputs equal the converted layer's
 the converted state equals PyTorch's ``BatchNorm1d`` loaded with it, while the source's own step differs from
 PyTorch's exactly as documented (biased against unbiased variance). Whole models: a small CNN with Flax norms,
 converted as linen variables and as an NNX model, gives the same eval logits. ``convert_sync_batch_norm`` equals
-BatchNorm on the whole batch (named ``vmap`` axes here; 4 simulated devices in ``test_migrate_devices.py``), and the
-``where=`` predicate of the freezing helpers freezes exactly the selected paths. Keras/Haiku/torch/Equinox tests skip
-where those are not installed.
+BatchNorm on the whole batch (named ``vmap`` axes here; 4 simulated devices in ``test_migrate_devices.py``). The
+public names are reached as users reach them (``jn.from_flax_batch_norm``, ``jaxnorm.nnx.convert_flax_norms``, ...).
+Keras/Haiku/torch/Equinox tests skip where those are not installed; ``freeze_batch_norm(..., where=)``:
+``test_freeze.py``.
 """
 
 from __future__ import annotations
@@ -24,16 +25,12 @@ from flax import nnx
 import jaxnorm as jn
 import jaxnorm.linen as jnn
 import jaxnorm.nnx as jnnx
-from jaxnorm._nnx_convert import BatchNorm, _freeze_nnx_where, convert_flax_norms, convert_sync_batch_norm
-from jaxnorm.migrate import (
-    _freeze_linen_where,
-    batch_norm_options,
-    convert_flax_variables,
-    from_flax_batch_norm,
-    from_haiku_batch_norm,
-    from_keras_batch_norm,
-    momentum_from_decay,
-)
+from jaxnorm.nnx import BatchNorm, convert_flax_norms, convert_sync_batch_norm
+
+batch_norm_options, convert_flax_variables, momentum_from_decay = (
+    jn.batch_norm_options, jn.convert_flax_variables, jn.momentum_from_decay)
+from_flax_batch_norm, from_keras_batch_norm, from_haiku_batch_norm = (
+    jn.from_flax_batch_norm, jn.from_keras_batch_norm, jn.from_haiku_batch_norm)
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # read when keras is first imported
 
@@ -443,7 +440,7 @@ def test_convert_sync_batch_norm_errors():
 def test_equinox_convert_sync_batch_norm_equals_the_whole_batch():
     eqx = pytest.importorskip("equinox")
     import jaxnorm.equinox as jeqx
-    from jaxnorm._equinox_convert import convert_sync_batch_norm as eqx_convert
+    eqx_convert = jeqx.convert_sync_batch_norm
 
     model, state = eqx.nn.make_with_state(eqx.nn.Sequential)([jeqx.LayerNorm(C), jeqx.BatchNorm1d(C)])
     synced = eqx_convert(model, ("data", "batch"))
@@ -456,51 +453,3 @@ def test_equinox_convert_sync_batch_norm_equals_the_whole_batch():
     assert max_diff(y.reshape(8, C), want) < 1e-5
     got, expected = new_state.get(synced.layers[1].state_index), want_state.get(model.layers[1].state_index)
     assert max_diff(got["running_var"], expected["running_var"]) < 1e-6
-
-
-# ------------------------------------------------------------------------------------------------
-# where=: freezing exactly the selected paths (the helpers freeze_batch_norm(..., where=) plugs in)
-# ------------------------------------------------------------------------------------------------
-
-
-class Blocks(nn.Module):
-    @nn.compact
-    def __call__(self, x, train: bool):
-        for name in ("block1", "block2"):
-            x = jnn.BatchNorm1d(C, name=f"{name}_bn")(nn.Dense(C, name=f"{name}_fc")(x), train=train)
-        return jnn.BatchNorm1d(C, name="head")(x, train=train)
-
-
-def test_linen_where_freezes_exactly_the_selected_layers():
-    x = jnp.asarray(randn(6, C))
-    variables = Blocks().init(jax.random.key(0), x, train=False)
-    _, update = Blocks().apply(variables, x + 2, train=True, mutable=["batch_stats"])
-    variables = {**variables, **update}
-    frozen = _freeze_linen_where(variables, lambda path: path.startswith("block"))
-    assert sorted(frozen["params"]) == ["block1_fc", "block2_fc", "head"]
-    for layer in ("block1_bn", "block2_bn"):
-        assert sorted(frozen["batch_stats"][layer]) == ["bias", "running_mean", "running_var", "weight"]
-    assert frozen["batch_stats"]["head"] is variables["batch_stats"]["head"]
-    y, update = Blocks().apply(frozen, x, train=True, mutable=["batch_stats"])  # the head still trains
-    assert int(update["batch_stats"]["head"]["num_batches_tracked"]) == 2
-    assert update["batch_stats"]["block1_bn"] == frozen["batch_stats"]["block1_bn"]
-    with pytest.raises(ValueError, match=r"freeze_batch_norm: where selected none of the layers with running "
-                                         r"statistics \['block1_bn', 'block2_bn', 'head'\]"):
-        _freeze_linen_where(variables, lambda path: path == "block1")
-    with pytest.raises(TypeError, match="freeze_batch_norm: expected where to be a function"):
-        _freeze_linen_where(variables, "block1_bn")
-
-
-def test_nnx_where_freezes_exactly_the_selected_layers():
-    model = nnx.Sequential(jnnx.BatchNorm1d(C), nnx.Sequential(jnnx.BatchNorm1d(C), jnnx.LayerNorm(C)),
-                           jnnx.BatchNorm1d(C))
-    model(jnp.asarray(randn(6, C, shift=2.0)))
-    trained = model.layers[1].layers[0].running_var[...]
-    assert _freeze_nnx_where(model, lambda path: path in ("layers.0", "layers.1.layers.0")) is model
-    kinds = [type(m).__name__ for m in (model.layers[0], model.layers[1].layers[0], model.layers[1].layers[1],
-                                        model.layers[2])]
-    assert kinds == ["FrozenBatchNorm", "FrozenBatchNorm", "LayerNorm", "BatchNorm1d"]
-    np.testing.assert_array_equal(model.layers[1].layers[0].running_var[...], trained)
-    assert int(model.layers[2].num_batches_tracked[...]) == 1
-    with pytest.raises(ValueError, match=r"where selected none of the layers with running statistics \['layers.2'\]"):
-        _freeze_nnx_where(model, lambda path: path == "layers.0")
