@@ -360,6 +360,7 @@ def fit(runs: dict[str, Run], data: Dataset, *, epochs: int, seed: int, batch_si
     programs on a mesh could issue their collectives in a different order on each device or host.
     """
     from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     for run in runs.values():
