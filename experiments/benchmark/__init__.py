@@ -52,7 +52,7 @@ from experiments.benchmark.command_line import cli, main, parse_args
 from experiments.benchmark.environment import QUIET_LOAD_PER_CPU, noise, resolve_torch_device
 from experiments.benchmark.float64_reference import reference, rel_err
 from experiments.benchmark.inputs import Problem, make_problem
-from experiments.benchmark.report import REPO, describe, render_tables, stale_tables
+from experiments.benchmark.report import REPO, describe, render_tables, replace_tables, stale_tables
 from experiments.benchmark.rows import (
     CheckResult,
     Errors,
@@ -79,4 +79,5 @@ __all__ = ["ALL_IMPLS", "BYTES_PER_X", "CASES", "CHECK_TOL", "DATA", "EPS", "FLA
            "build_jaxnorm", "build_jaxnorm_nomask", "build_torch", "bytes_moved", "case_impls", "check_tolerance",
            "cli", "cross_check", "describe", "format_table", "hlo_traffic", "load_results", "main",
            "make_problem", "noise", "paired_ratios", "parse_args", "reference", "rel_err", "render_tables",
-           "resolve_torch_device", "run_case", "stale_tables", "time_interleaved", "torch_available", "verdict"]
+           "replace_tables", "resolve_torch_device", "run_case", "stale_tables", "time_interleaved",
+           "torch_available", "verdict"]

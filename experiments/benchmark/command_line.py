@@ -15,7 +15,7 @@ from pathlib import Path
 from experiments.benchmark.cases import CASES, DATA, FLAX_VARIANCE
 from experiments.benchmark.checks import CHECK_TOL, ROUNDING_ULPS, CrossCheckError
 from experiments.benchmark.environment import capture, load_average, noise, resolve_torch_device
-from experiments.benchmark.report import describe, render_tables
+from experiments.benchmark.report import describe, render_tables, replace_tables
 from experiments.benchmark.rows import ResultsFileError, Row, results_json
 from experiments.benchmark.run import RunConfig, run_case
 from experiments.benchmark.runners import Options
@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
       help="record TEXT as meta.caveat: why results of a run that was not quiet are kept (the tables show it)")
     a("--table", type=Path, nargs="+", default=None, metavar="FILE",
       help="render the performance tables (Markdown) of results files written by --json, print them, run nothing")
-    a("--write", type=Path, default=None, metavar="PATH", help="with --table: write the tables to PATH instead")
+    a("--write", type=Path, default=None, metavar="PATH",
+      help="with --table: put the tables in PATH (replacing the block of the same files; the rest is kept)")
     return p
 
 
@@ -154,9 +155,10 @@ def _meta(args: argparse.Namespace, cfg: RunConfig, load_start: float, argv: lis
 def _render(args: argparse.Namespace) -> list[dict]:
     """--table: print the tables of the results files, or write them to --write."""
     text = render_tables(args.table)
-    if args.write is not None:
+    if args.write is not None:  # the block of these files is replaced; the rest of the document is kept
         args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text)
+        old = args.write.read_text() if args.write.is_file() else ""
+        args.write.write_text(replace_tables(old, text))
     else:
         print(text, end="")
     return []

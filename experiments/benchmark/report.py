@@ -5,7 +5,9 @@ a heading, one line saying where, on what and how its numbers were taken (:func:
 offset data, how far Flax's default fast variance was off. A file whose ``meta.caveat`` is set (``--caveat TEXT``,
 for a run that was not quiet: see :func:`experiments.benchmark.environment.noise`) gets a ``Caveat:`` line under its
 heading, so the label travels with every copy of its tables. The output is deterministic, so
-:func:`stale_tables` can re-render every marked block of a document and tell which ones differ from their files.
+:func:`stale_tables` can re-render every marked block of a document and tell which ones differ from their files,
+and it ends with :data:`END_MARKER`, so :func:`replace_tables` can swap a block for a new one and keep the prose
+around it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from experiments.benchmark.rows import load_results
 from experiments.benchmark.tables import LEGEND, fast_variance_note, format_table
 
 REPO = Path(__file__).resolve().parents[2]
+END_MARKER = "<!-- end of generated tables -->"
 
 
 def describe(meta: dict) -> str:
@@ -60,6 +63,7 @@ def render_tables(paths: Sequence[str | Path]) -> str:
         note = fast_variance_note(rows)
         if note:
             parts.append(note)
+    parts.append(END_MARKER)
     return "\n\n".join(parts) + "\n"
 
 
@@ -83,3 +87,19 @@ def stale_tables(text: str, root: Path = REPO) -> list[str]:
             problems.append(f"tables from {m.group(1)} differ from what those files give now; regenerate with "
                             f"python -m experiments.benchmark --table {m.group(1)} --write FILE")
     return problems
+
+
+def replace_tables(text: str, tables: str) -> str:
+    """``text`` with its generated block for the same results files replaced by ``tables`` (``render_tables``).
+
+    The block runs from its marker line to :data:`END_MARKER`; the prose before and after it is kept. A document
+    with no such block gets ``tables`` appended, so that writing tables never deletes what people wrote.
+    """
+    head = _MARKER.match(tables)
+    if head is None:
+        raise ValueError("replace_tables: expected tables starting with the marker line of render_tables")
+    for m in _MARKER.finditer(text):
+        end = text.find(END_MARKER, m.end())
+        if m.group(1) == head.group(1) and end >= 0:
+            return text[:m.start()] + tables.rstrip("\n") + text[end + len(END_MARKER):]
+    return text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text else "") + tables

@@ -435,6 +435,21 @@ def test_table_command_prints_or_writes_and_rejects_other_files(tmp_path, capsys
     assert "old.json" in err and "'meta' and 'rows'" in err
 
 
+def test_writing_tables_replaces_their_block_and_keeps_the_prose(tmp_path):
+    paths = _results(tmp_path)
+    doc = tmp_path / "performance.md"
+    old = benchmark.render_tables(paths).replace("0.80 (0.75–0.85)", "0.70 (0.75–0.85)")
+    doc.write_text("# Performance\n\nBefore.\n\n" + old + "\n## LeNet\n\nAfter.\n")
+    benchmark.main(["--table", *map(str, paths), "--write", str(doc)])
+    text = doc.read_text()
+    assert text == "# Performance\n\nBefore.\n\n" + benchmark.render_tables(paths) + "\n## LeNet\n\nAfter.\n"
+    assert benchmark.stale_tables(text) == []
+    prose_only = tmp_path / "prose.md"
+    prose_only.write_text("Only prose.\n")
+    benchmark.main(["--table", *map(str, paths), "--write", str(prose_only)])
+    assert prose_only.read_text() == "Only prose.\n\n" + benchmark.render_tables(paths)
+
+
 def test_stale_tables_finds_edited_or_outdated_blocks(tmp_path):
     paths = _results(tmp_path)
     doc = "# Performance\n\nSome prose.\n\n" + benchmark.render_tables(paths) + "\nMore prose.\n"
