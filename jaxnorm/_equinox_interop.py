@@ -14,7 +14,7 @@ torch is never imported here: tensors are recognised by duck typing, as in :mod:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm._types import COUNTER, PARAM_KEYS, STATS_KEYS
+from jaxnorm._types import COUNTER, PARAM_KEYS, STATS_KEYS, BatchStats
 from jaxnorm.interop import _check_keys, _to_numpy
 
 __all__ = ["equinox_to_torch_state_dict", "torch_to_equinox"]
@@ -39,6 +39,13 @@ class _Entry(NamedTuple):
     torch_shape: tuple[int, ...]
 
 
+KeyPath = tuple[Any, ...]
+# Loaded model leaves, [(key path, value)]
+Leaves = list[tuple[KeyPath, jax.Array]]
+# Loaded running statistics, {state index marker: (layer, {buffer name: value})}
+Stats = dict[Hashable, tuple[Any, BatchStats]]
+
+
 def _is_array(node: Any) -> bool:
     return eqx.is_array(node) or isinstance(node, jax.ShapeDtypeStruct)
 
@@ -48,7 +55,8 @@ def _stop(node: Any) -> bool:
                                                 eqx.nn.BatchNorm, eqx.nn.StateIndex))
 
 
-def _layer_entries(path, name: str, layer, state, function: str) -> Iterator[_Entry]:
+def _layer_entries(path: KeyPath, name: str, layer: jeqx._Stateful, state: eqx.nn.State,
+                   function: str) -> Iterator[_Entry]:
     """A jaxnorm stateful layer's parameters, then its running statistics from ``state`` (PyTorch's order)."""
     for key in PARAM_KEYS:
         value = getattr(layer, key)
@@ -193,10 +201,13 @@ def torch_to_equinox(state_dict: Mapping[str, Any], model: Any, state: eqx.nn.St
     return _rebuilt(model, state, leaves, stats)
 
 
-def _read(state_dict: Mapping[str, Any], entries: list[_Entry]):
+def _read(state_dict: Mapping[str, Any], entries: list[_Entry]) -> tuple[Leaves, Stats, set[str], list[str]]:
     """``(model leaves [(path, value)], running statistics {marker: (layer, dict)}, used keys, missing keys)``: every
     entry's tensor checked against PyTorch's shape and converted to the Equinox shape and dtype."""
-    leaves, stats, used, missing = [], {}, set(), []
+    leaves: Leaves = []
+    stats: Stats = {}
+    used: set[str] = set()
+    missing: list[str] = []
     for entry in entries:
         if entry.key in state_dict:
             used.add(entry.key)
@@ -209,15 +220,16 @@ def _read(state_dict: Mapping[str, Any], entries: list[_Entry]):
         if value.shape != entry.torch_shape:
             raise ValueError(f"torch_to_equinox: state dict entry {entry.key!r}: expected shape {entry.torch_shape} "
                              f"(Equinox shape {tuple(entry.value.shape)}), got {value.shape}")
-        value = jnp.array(value.reshape(entry.value.shape), dtype=entry.value.dtype)  # a copy: see interop._to_numpy
-        if entry.layer is None:
-            leaves.append((entry.path, value))
+        loaded = jnp.array(value.reshape(entry.value.shape), dtype=entry.value.dtype)  # a copy: see interop._to_numpy
+        if entry.path is not None:  # a model leaf (entry.layer is None)
+            leaves.append((entry.path, loaded))
         else:
-            stats.setdefault(entry.layer.state_index.marker, (entry.layer, {}))[1][entry.key.rsplit(".", 1)[-1]] = value
+            buffers = stats.setdefault(entry.layer.state_index.marker, (entry.layer, {}))[1]
+            buffers[entry.key.rsplit(".", 1)[-1]] = loaded
     return leaves, stats, used, missing
 
 
-def _rebuilt(model, state: eqx.nn.State, leaves: list, stats: dict) -> tuple[Any, eqx.nn.State]:
+def _rebuilt(model: Any, state: eqx.nn.State, leaves: Leaves, stats: Stats) -> tuple[Any, eqx.nn.State]:
     """New model and state holding the loaded values (``eqx.tree_at``: the caller's objects stay valid)."""
     if leaves:
         model = eqx.tree_at(lambda m: [jeqx._at(m, path) for path, _ in leaves], model, [v for _, v in leaves])

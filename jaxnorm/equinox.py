@@ -54,7 +54,7 @@ import inspect
 import math
 import textwrap
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar, TypeVar, cast
 
 import equinox as eqx
 import jax
@@ -62,7 +62,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm import _checks
-from jaxnorm._types import PARAM_KEYS
+from jaxnorm._types import PARAM_KEYS, BatchStats, Params
 from jaxnorm.batch_norm import batch_norm, batch_norm_1d, batch_norm_2d, batch_norm_3d, batch_norm_init
 from jaxnorm.batch_renorm import batch_renorm
 from jaxnorm.frozen import frozen_batch_norm
@@ -85,24 +85,33 @@ class _NoState:
 _NO_STATE = _NoState()
 
 
-def _names(axis_name) -> tuple[Hashable, ...]:
+# A layer's ``axis_name``: one name, a tuple (or list) of names, or None
+_AxisNames = Hashable | Sequence[Hashable] | None
+# ``function(batch, batch_mask, axis_name) -> (y, stats)`` of :func:`_over_batch`
+_BatchFunction = Callable[[jax.Array, jax.Array | None, Hashable | None], tuple[jax.Array, BatchStats]]
+_Layer = TypeVar("_Layer", bound=eqx.Module)
+# A layer's output: ``y``, or ``(y, state)`` when it was called with the state
+_Output = jax.Array | tuple[jax.Array, eqx.nn.State]
+
+
+def _names(axis_name: _AxisNames) -> tuple[Hashable, ...]:
     if axis_name is None:
         return ()
     return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
 
 
-def _as_axis_name(names: tuple[Hashable, ...]):
+def _as_axis_name(names: tuple[Hashable, ...]) -> Hashable | None:
     """The pure functions' ``axis_name`` for these names: None, one name, or a tuple."""
     return None if not names else names[0] if len(names) == 1 else names
 
 
-def _mesh_axes() -> frozenset:
+def _mesh_axes() -> frozenset[Hashable]:
     """The mesh axes bound here (``shard_map``, ``pmap``): their statistics are exchanged between devices."""
     get = getattr(jax.sharding, "get_abstract_mesh", None)
     return frozenset(getattr(get(), "manual_axes", ())) if get is not None else frozenset()
 
 
-def _check_bound(name: str, axis_name) -> tuple[Hashable, ...]:
+def _check_bound(name: str, axis_name: _AxisNames) -> tuple[Hashable, ...]:
     """The layer's axis names, each checked to be bound by an enclosing vmap/shard_map/pmap (static, at trace time)."""
     names = _names(axis_name)
     if not names:
@@ -131,7 +140,8 @@ def _gather(name: str, a: jax.Array, names: tuple[Hashable, ...]) -> jax.Array:
     return a.reshape((-1, *shape))
 
 
-def _over_batch(name: str, axis_name, x, mask, function: Callable, *, sync_all: bool = False):
+def _over_batch(name: str, axis_name: _AxisNames, x: jax.Array, mask: jax.Array | None, function: _BatchFunction, *,
+                sync_all: bool = False) -> tuple[jax.Array, BatchStats]:
     """``function(batch, batch_mask, axis_name) -> (y, stats)`` applied to the batch this example belongs to;
     returns this example's row of ``y`` and the statistics.
 
@@ -153,7 +163,7 @@ def _over_batch(name: str, axis_name, x, mask, function: Callable, *, sync_all: 
     return y[lax.axis_index(_as_axis_name(local))], stats
 
 
-def _check_example(name: str, x, ranks: tuple[int, ...], layout: str) -> None:
+def _check_example(name: str, x: jax.Array, ranks: tuple[int, ...], layout: str) -> None:
     _checks.check_floating(name, x)
     if x.ndim not in ranks:
         want = " or ".join(f"{r}-D" for r in ranks)
@@ -168,7 +178,7 @@ def _batched_axis(name: str, axis: int, ndim: int) -> int:
     return axis + 1 if axis >= 0 else axis
 
 
-def _batched_mask(name: str, mask, x):
+def _batched_mask(name: str, mask: jax.Array | None, x: jax.Array) -> jax.Array | None:
     """The mask checked against one example and given its rank plus a leading batch axis of 1 (or None)."""
     mask = _checks.check_mask(name, mask, x)
     return None if mask is None else mask[None]
@@ -178,7 +188,7 @@ def _params(layer: eqx.Module) -> dict[str, jax.Array]:
     return {key: getattr(layer, key) for key in PARAM_KEYS if getattr(layer, key, None) is not None}
 
 
-def _affine(params: dict, key: str, dtype) -> jax.Array | None:
+def _affine(params: Params, key: str, dtype: Any) -> jax.Array | None:
     return params[key].astype(dtype) if key in params else None
 
 
@@ -190,7 +200,7 @@ class _Stateful(eqx.nn.StatefulLayer):
 
     weight: jax.Array | None
     bias: jax.Array | None
-    state_index: eqx.nn.StateIndex | None
+    state_index: eqx.nn.StateIndex[BatchStats] | None
     inference: bool
     num_features: int = eqx.field(static=True)
     eps: float = eqx.field(static=True)
@@ -200,12 +210,15 @@ class _Stateful(eqx.nn.StatefulLayer):
     axis: int = eqx.field(static=True)
     axis_name: Hashable | tuple[Hashable, ...] | None = eqx.field(static=True)
 
-    _function = staticmethod(batch_norm)
-    _init = staticmethod(batch_norm_init)
-    _ranks = ()  # the ranks of one example (not a field: set per class)
-    _layout = "(C, ...)"
+    # Class variables, not fields, set per class: the pure function (batch_norm*, batch_renorm, instance_norm*, whose
+    # signatures differ, hence the loose Callable) and its init, the ranks and layout of one example
+    _function: ClassVar[Callable[..., tuple[jax.Array, BatchStats]]] = staticmethod(batch_norm)
+    _init: ClassVar[Callable[..., tuple[Params, BatchStats]]] = staticmethod(batch_norm_init)
+    _ranks: ClassVar[tuple[int, ...]] = ()
+    _layout: ClassVar[str] = "(C, ...)"
 
-    def _setup(self, num_features, *, eps, momentum, affine, track_running_stats, axis, axis_name, inference, dtype):
+    def _setup(self, num_features: int, *, eps: float, momentum: float | None, affine: bool,
+               track_running_stats: bool, axis: int, axis_name: _AxisNames, inference: bool, dtype: Any) -> None:
         name = type(self).__name__
         _checks.check_num_features(name, num_features)
         _checks.check_momentum(name, momentum)
@@ -223,12 +236,12 @@ class _Stateful(eqx.nn.StatefulLayer):
         """Whether the layer keeps running statistics (``eqx.nn.Sequential`` then passes it the state)."""
         return self.state_index is not None
 
-    def _read_state(self, state) -> dict[str, jax.Array]:
+    def _read_state(self, state: object) -> BatchStats:
         """This layer's running statistics from ``state`` (``{}`` when it keeps none)."""
         name = type(self).__name__
         if self.state_index is None:
             return {}
-        if state is _NO_STATE:
+        if isinstance(state, _NoState):  # _NO_STATE, its one instance
             raise TypeError(f"{name}: expected the model's eqx.nn.State (this layer keeps running statistics): call "
                             "it y, state = layer(x, state), with model, state = eqx.nn.make_with_state(Model)(...)")
         if not isinstance(state, eqx.nn.State):
@@ -241,7 +254,7 @@ class _Stateful(eqx.nn.StatefulLayer):
                              "with this model, model, state = eqx.nn.make_with_state(Model)(...)") from None
 
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
-                 inference: bool | None = None, mask: jax.Array | None = None):
+                 inference: bool | None = None, mask: jax.Array | None = None) -> _Output:
         """Normalize one example ``x``; in training mode the running statistics in ``state`` are updated.
 
         Args:
@@ -264,7 +277,8 @@ class _Stateful(eqx.nn.StatefulLayer):
         del key
         return self._call(x, state, inference, mask, {})
 
-    def _call(self, x, state, inference, mask, options: dict):
+    def _call(self, x: jax.Array, state: eqx.nn.State | _NoState, inference: bool | None, mask: jax.Array | None,
+              options: dict[str, Any]) -> _Output:
         name = type(self).__name__
         inference = self.inference if inference is None else inference
         if not isinstance(inference, bool):
@@ -273,13 +287,14 @@ class _Stateful(eqx.nn.StatefulLayer):
         _check_example(name, x, self._ranks, self._layout)
         stats = self._read_state(state)
         y, new_stats = self._normalize(x, stats, not inference, mask, **options)
-        if state is _NO_STATE:
+        if isinstance(state, _NoState):
             return y
-        if not inference and stats:
+        if not inference and stats and self.state_index is not None:  # (stats are read only through an index)
             state = state.set(self.state_index, new_stats)
         return y, state
 
-    def _normalize(self, x, stats, train: bool, mask, **options):
+    def _normalize(self, x: jax.Array, stats: BatchStats, train: bool, mask: jax.Array | None,
+                   **options: Any) -> tuple[jax.Array, BatchStats]:
         raise NotImplementedError
 
 
@@ -312,7 +327,8 @@ class _BatchNorm(_Stateful):
     def _options(self) -> dict[str, Any]:
         return {"virtual_batch_size": self.virtual_batch_size}
 
-    def _normalize(self, x, stats, train: bool, mask, **options):
+    def _normalize(self, x: jax.Array, stats: BatchStats, train: bool, mask: jax.Array | None,
+                   **options: Any) -> tuple[jax.Array, BatchStats]:
         name = type(self).__name__
         axis = _batched_axis(name, self.axis, x.ndim)
         mask = _checks.check_mask(name, mask, x)
@@ -320,25 +336,28 @@ class _BatchNorm(_Stateful):
             y, _ = self._function(x[None], _params(self), stats, train=False, eps=self.eps, axis=axis,
                                   mask=None if mask is None else mask[None])
             return y[0], stats
-        kwargs = {"train": train, "momentum": self.momentum, "eps": self.eps, "axis": axis, **self._options(),
-                  **options}
+        kwargs: dict[str, Any] = {"train": train, "momentum": self.momentum, "eps": self.eps, "axis": axis,
+                                  **self._options(), **options}
         if self.axis_index_groups is not None:
             kwargs["axis_index_groups"] = self.axis_index_groups
 
-        def function(batch, batch_mask, axis_name):
+        def function(batch: jax.Array, batch_mask: jax.Array | None,
+                     axis_name: Hashable | None) -> tuple[jax.Array, BatchStats]:
             return self._function(batch, _params(self), stats, mask=batch_mask, axis_name=axis_name, **kwargs)
 
         return _over_batch(name, self.axis_name, x, mask, function, sync_all=self.axis_index_groups is not None)
 
 
-def _per_rank(base: type, function: Callable, name: str, ranks: tuple[int, ...], layout: str, example: str) -> type:
+def _per_rank(base: type[_Layer], function: Callable[..., Any], name: str, ranks: tuple[int, ...], layout: str,
+              example: str) -> type[_Layer]:
     """The subclass ``name`` of ``base`` for PyTorch's per-rank class (``BatchNorm2d``, ...): it calls the rank-checked
     ``function`` and takes one example of ``layout``."""
     doc = (f"``torch.nn.{name}`` for one example {layout}; calls :func:`jaxnorm.{function.__name__}` on the batch.\n\n"
-           f"{inspect.cleandoc(base.__doc__)}\n\n{textwrap.dedent(example)}")
+           f"{inspect.cleandoc(base.__doc__ or '')}\n\n{textwrap.dedent(example)}")
     namespace = {"__doc__": doc, "__module__": __name__, "__qualname__": name, "_function": staticmethod(function),
                  "_ranks": ranks, "_layout": layout}
-    return type(base)(name, (base,), namespace)
+    metaclass: type = type(base)  # Equinox's: it makes the subclass as a class statement would
+    return cast("type[_Layer]", metaclass(name, (base,), namespace))
 
 
 _BN_EXAMPLE = """\
@@ -413,7 +432,8 @@ class BatchRenorm(_BatchNorm):
         return {}
 
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
-                 inference: bool | None = None, mask: jax.Array | None = None, r_max=None, d_max=None):
+                 inference: bool | None = None, mask: jax.Array | None = None, r_max: float | jax.Array | None = None,
+                 d_max: float | jax.Array | None = None) -> _Output:
         """As the BatchNorm layers' ``__call__``; ``r_max``/``d_max`` (Python numbers or traced scalars) override
         the layer's clips for this call."""
         del key
@@ -440,12 +460,14 @@ class _InstanceNorm(_Stateful):
         self._setup(num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
                     axis=axis, axis_name=axis_name, inference=inference, dtype=dtype)
 
-    def _normalize(self, x, stats, train: bool, mask, **options):
+    def _normalize(self, x: jax.Array, stats: BatchStats, train: bool, mask: jax.Array | None,
+                   **options: Any) -> tuple[jax.Array, BatchStats]:
         name = type(self).__name__
         axis = _batched_axis(name, self.axis, x.ndim)
         mask = _checks.check_mask(name, mask, x)
 
-        def function(batch, batch_mask, axis_name):
+        def function(batch: jax.Array, batch_mask: jax.Array | None,
+                     axis_name: Hashable | None) -> tuple[jax.Array, BatchStats]:
             return self._function(batch, _params(self), stats, train=train, momentum=self.momentum, eps=self.eps,
                                   axis=axis, axis_name=axis_name, mask=batch_mask)
 
@@ -486,7 +508,7 @@ class _Stateless(eqx.Module):
     with the state passed through (as ``eqx.nn.LayerNorm``)."""
 
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
-                 mask: jax.Array | None = None):
+                 mask: jax.Array | None = None) -> _Output:
         """Normalize ``x`` (``mask``: boolean, broadcastable to ``x``, True = valid); ``key`` is ignored.
 
         Returns:
@@ -494,9 +516,9 @@ class _Stateless(eqx.Module):
         """
         del key
         y = self._normalize(x, mask)
-        return y if state is _NO_STATE else (y, state)
+        return y if isinstance(state, _NoState) else (y, state)
 
-    def _normalize(self, x, mask):
+    def _normalize(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         raise NotImplementedError
 
 
@@ -531,7 +553,7 @@ class LayerNorm(_Stateless):
         self.weight, self.bias = params.get("weight"), params.get("bias")
         self.eps, self.elementwise_affine = eps, elementwise_affine
 
-    def _normalize(self, x, mask):
+    def _normalize(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         return layer_norm(x, _params(self), self.normalized_shape, eps=self.eps, mask=mask)
 
 
@@ -564,7 +586,7 @@ class RMSNorm(_Stateless):
                                     dtype=dtype).get("weight")
         self.eps, self.elementwise_affine = eps, elementwise_affine
 
-    def _normalize(self, x, mask):
+    def _normalize(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         return rms_norm(x, _params(self), self.normalized_shape, eps=self.eps, mask=mask)
 
 
@@ -603,7 +625,7 @@ class GroupNorm(_Stateless):
         self.num_groups, self.num_channels, self.eps, self.affine, self.axis = (
             int(num_groups), int(num_channels), eps, affine, axis)
 
-    def _normalize(self, x, mask):
+    def _normalize(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         name = type(self).__name__
         _checks.check_floating(name, x)
         if x.ndim < 1:
@@ -651,7 +673,7 @@ class FrozenBatchNorm(_Stateless):
         self.eps, self.axis = eps, axis
 
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
-                 inference: bool | None = None, mask: jax.Array | None = None):
+                 inference: bool | None = None, mask: jax.Array | None = None) -> _Output:
         """The fixed affine map of one example ``x`` (0 off ``mask``); ``key`` and ``inference`` are ignored.
 
         Returns:
@@ -659,9 +681,9 @@ class FrozenBatchNorm(_Stateless):
         """
         del key, inference
         y = self._normalize(x, mask)
-        return y if state is _NO_STATE else (y, state)
+        return y if isinstance(state, _NoState) else (y, state)
 
-    def _normalize(self, x, mask):
+    def _normalize(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         name = type(self).__name__
         _checks.check_floating(name, x)
         if x.ndim < 1:
@@ -712,7 +734,8 @@ def _at(node: Any, path: KeyPath) -> Any:
     return node
 
 
-def _walk(node: Any, stop: Callable[[Any], bool], path: KeyPath = (), name: str = "") -> Iterator[tuple]:
+def _walk(node: Any, stop: Callable[[Any], bool], path: KeyPath = (),
+          name: str = "") -> Iterator[tuple[KeyPath, str, Any]]:
     """Depth first, in the model's field order: ``(key path, dotted name, node)`` for every node where ``stop`` holds
     (not looked into). Names join attributes and sequence indices with dots; the ``layers`` field of an
     ``eqx.nn.Sequential`` is left out, as PyTorch's ``nn.Sequential`` numbers its modules directly."""
@@ -777,6 +800,7 @@ def replace_layers(model: Any, replace: Callable[[str, eqx.Module], Any]) -> Any
 def _frozen(name: str, path: str, layer: _Stateful, state: eqx.nn.State) -> FrozenBatchNorm:
     """The :class:`FrozenBatchNorm` of a layer with running statistics, from its parameters and its entry in
     ``state``."""
+    assert layer.state_index is not None  # only layers with running statistics are frozen
     try:
         stats = state.get(layer.state_index)
     except KeyError:
@@ -836,7 +860,12 @@ def freeze_batch_norm(model: Any, state: eqx.nn.State, *,
     if where is None and not paths:
         raise ValueError(f"{name}: found no layer with running statistics in {type(model).__name__}")
     chosen = set(paths if where is None else _checks.selected(name, _checks.check_where(name, where), paths))
-    new = replace_layers(model, lambda path, layer: _frozen(name, path, layer, state) if path in chosen else layer)
+
+    def freeze(path: str, layer: eqx.Module) -> eqx.Module:
+        # chosen: paths of _Stateful layers with running statistics
+        return _frozen(name, path, cast(_Stateful, layer), state) if path in chosen else layer
+
+    new = replace_layers(model, freeze)
     return new, state.substate(new)
 
 
