@@ -1,4 +1,11 @@
-"""Two real processes joined by jax.distributed on localhost train LeNet_bn data-parallel: same metrics as one."""
+"""Two real processes joined by jax.distributed on localhost train LeNet_bn data-parallel on two devices (one per
+process): the same metrics as one process training on two devices.
+
+The comparison is with the same work in one process (``--devices 2`` on two forced host devices), not with
+``--devices 1``: a different summation order changes float32 roundings, and over an epoch of the photos a one-ulp
+change can flip a ReLU or a max-pool tie, after which SGD separates the runs (8e-5 in the first epoch's loss
+between one device and two). What equals ``--devices 1`` to float32 rounding is tested in test_lenet_devices.py.
+"""
 
 import json
 import os
@@ -29,8 +36,9 @@ def test_two_processes_match_one(tmp_path):
                           str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)
     ]
-    single = subprocess.run([sys.executable, *ARGS, "--out", str(tmp_path / "single")], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    two_devices = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    single = subprocess.run([sys.executable, *ARGS, "--devices", "2", "--out", str(tmp_path / "single")], cwd=ROOT,
+                            env=two_devices, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     for w in workers:
         out, _ = w.communicate(timeout=300)
@@ -39,4 +47,4 @@ def test_two_processes_match_one(tmp_path):
     metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("single", "p0", "p1")]
     assert metrics[1] == metrics[2]  # every process reports the same global metrics
     worst = max(abs(a[k] - b[k]) for a, b in zip(metrics[0]["bn"], metrics[1]["bn"], strict=True) for k in a)
-    assert worst <= 1e-4, worst
+    assert worst <= 1e-6, worst  # measured 0: the cross-process reduction adds in the same order here
