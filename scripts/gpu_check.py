@@ -140,7 +140,8 @@ def _reference_forward(spec: Spec, x, params, stats):
     import jax.numpy as jnp
 
     nd, axis = x.ndim, spec.axis % x.ndim
-    pshape = x.shape[nd - spec.ndims:] if spec.kind in ("ln", "rms") else tuple(
+    # the parameters' shape at x's rank (explicit, no implicit rank promotion): (1, .., 1, *normalized) for LN/RMS
+    pshape = (1,) * (nd - spec.ndims) + x.shape[nd - spec.ndims:] if spec.kind in ("ln", "rms") else tuple(
         x.shape[a] if a == axis else 1 for a in range(nd))
     w = params["weight"].reshape(pshape) if "weight" in params else 1.0
     b = params["bias"].reshape(pshape) if "bias" in params else 0.0
@@ -155,7 +156,7 @@ def _reference_forward(spec: Spec, x, params, stats):
     y = ungroup((g - mean) / jnp.sqrt(var + EPS)) * w + b
     if not stats:
         return y, stats
-    n = np.prod([g.shape[a] for a in axes])
+    n = float(np.prod([g.shape[a] for a in axes]))  # the count as a float: Bessel's factor n / (n - 1), explicitly
     unbiased = var * n / (n - 1)
     if spec.kind == "in":  # PyTorch: the batch average of the per-instance statistics; the counter never moves
         mean, unbiased, counter = mean.mean(0), unbiased.mean(0), stats["num_batches_tracked"]

@@ -59,7 +59,7 @@ def make_optimizer(lr: float, updates_per_epoch: int, momentum: float = 0.9) -> 
 def cross_entropy(logits, labels, mask):
     """``(mean cross-entropy over the real examples, number of correct real examples)``."""
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    count = jnp.maximum(jnp.sum(mask), 1)
+    count = jnp.maximum(jnp.sum(mask), 1).astype(losses.dtype)  # the int count as the losses' float: explicit
     return jnp.sum(jnp.where(mask, losses, 0.0)) / count, jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
 
 
