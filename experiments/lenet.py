@@ -8,7 +8,8 @@ batch 16 with the last, smaller batch kept, 10 epochs, seed 1, RandomCrop(32, pa
 
 * ``plain`` -- LeNet with PyTorch's default initialization,
 * ``init``  -- LeNet with the lesson's ``initialize_weights`` (xavier_normal conv, N(0, 1) linear, zero bias),
-* ``bn``    -- LeNet_bn (BatchNorm after conv1, conv2 and fc1; jaxnorm.linen, or jaxnorm.nnx with ``--api nnx``).
+* ``bn``    -- LeNet_bn (BatchNorm after conv1, conv2 and fc1; jaxnorm.linen, jaxnorm.nnx with ``--api nnx``, or
+  jaxnorm.equinox with ``--api equinox``).
 
 Writes into ``--out``: ``metrics.json`` (``{config: [{"epoch", "train_loss", "train_acc", "valid_loss",
 "valid_acc"}, ...]}``, NaN as ``null``), ``curves.png``, ``timing.json`` (wall seconds split into data,
@@ -36,6 +37,7 @@ from experiments.common.checkpoint import CheckpointError, CheckpointWarning
 from experiments.common.images import DataError, DataWarning
 
 CONFIGS = models.CONFIGS
+APIS = ("linen", "nnx", "equinox")
 
 
 class UsageError(ValueError):
@@ -78,6 +80,10 @@ def make_task(config: str, cfg: RunConfig, data: images.Dataset) -> training.Tas
     sample = data.train_x[:1]
     if cfg.api == "nnx":
         return steps.nnx_task(config, len(data.classes), tx, sample)
+    if cfg.api == "equinox":  # optional: imported only here (parse_config checked that Equinox is installed)
+        from experiments.common import steps_equinox
+
+        return steps_equinox.equinox_task(config, len(data.classes), tx, sample)
     architecture = models.make_model("bn" if config == "bn" else "plain", len(data.classes))
     return steps.linen_task(architecture, tx, sample, init_model=models.make_model(config, len(data.classes)))
 
@@ -206,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "<class>/*, DIR/valid/<class>/* (or Kaggle flat cat.N.jpg), CIFAR-10 batches, or a .npz file")
     p.add_argument("--out", type=Path, default=Path("results/lenet"), help="output directory")
     p.add_argument("--config", choices=(*CONFIGS, "all"), default="all")
-    p.add_argument("--api", choices=("linen", "nnx"), default="linen", help="Flax API of the models")
+    p.add_argument("--api", choices=APIS, default="linen",
+                   help="the models' front-end: Flax linen or NNX modules, or Equinox modules (jaxnorm.equinox, vmapped "
+                   "over the batch; needs the optional Equinox: pip install 'jaxnorm[equinox]'); the same initial "
+                   "weights and, to float32 rounding, the same metrics")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.01)
@@ -240,11 +249,21 @@ def parse_config(argv) -> tuple[RunConfig, argparse.Namespace]:
     if args.devices < 1 or args.batch_size < 1 or args.batch_size % args.devices:
         raise UsageError(f"--batch-size ({args.batch_size}) must be a positive multiple of --devices "
                          f"({args.devices})")
+    if args.api == "equinox":
+        _require_equinox()
     configs = CONFIGS if args.config == "all" else (args.config,)
     if args.export_folded and "bn" not in configs:
         raise UsageError("--export-folded needs the 'bn' config (use --config bn or all)")
     fields = {f.name for f in dataclasses.fields(RunConfig)} - {"configs"}
     return RunConfig(configs=configs, **{k: v for k, v in vars(args).items() if k in fields}), args
+
+
+def _require_equinox() -> None:
+    try:
+        import equinox  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"--api equinox needs Equinox, which is not installed ({e}); pip install "
+                         "'jaxnorm[equinox]'") from None
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:

@@ -1,6 +1,7 @@
-"""The training step of a model as pure functions of one state pytree, for Flax linen and Flax NNX.
+"""The training step of a model as pure functions of one state pytree, for Flax linen and Flax NNX (Equinox's:
+:mod:`experiments.common.steps_equinox`, imported only when asked for, as Equinox is optional).
 
-Both front-ends give the epoch loop (:mod:`experiments.common.training`) the same :class:`Task`: the state is a
+The front-ends give the epoch loop (:mod:`experiments.common.training`) the same :class:`Task`: the state is a
 pytree the loop can place on devices, donate, checkpoint and restore, whatever the API that made it.
 
 * linen: ``{"params", "batch_stats", "opt_state"}``; ``model.apply`` with ``mutable=["batch_stats"]``.
@@ -26,7 +27,8 @@ from experiments.common.compile import jit_quick_compile
 from experiments.common.training import State, Task, cross_entropy, init_key
 
 
-def _eval_sums(logits, y, mask):
+def eval_sums(logits, y, mask):
+    """``(sum of the real examples' cross-entropies, number of them classified right)`` of one evaluation chunk."""
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum((jnp.argmax(logits, -1) == y) & mask)
 
@@ -69,7 +71,7 @@ def linen_task(model, tx: optax.GradientTransformation, sample_x, *, init_model=
         return new, (loss, correct)
 
     def eval_step(state, x, y, mask):
-        return _eval_sums(model.apply(variables(state["params"], state["batch_stats"]), x, train=False), y, mask)
+        return eval_sums(model.apply(variables(state["params"], state["batch_stats"]), x, train=False), y, mask)
 
     return Task(jit_quick_compile(initial), train_step, eval_step, lambda: jax.eval_shape(initial, 0), initial)
 
@@ -122,7 +124,7 @@ def nnx_task(config: str, classes: int, tx: optax.GradientTransformation, sample
     def eval_step(state, x, y, mask):
         model, _ = _merge(graphdef, abstract, state)
         model.eval()
-        return _eval_sums(model(x), y, mask)
+        return eval_sums(model(x), y, mask)
 
     return Task(init, train_step, eval_step, lambda: nnx.to_pure_dict(abstract))
 
@@ -137,9 +139,13 @@ def nnx_to_linen(config: str, state: State, classes: int = 2) -> dict:
 
 
 def lenet_variables(config: str, state: State, api: str, classes: int = 2) -> dict:
-    """Linen variables (``params``, ``batch_stats``) of a LeNet config's training state, from either API."""
+    """Linen variables (``params``, ``batch_stats``) of a LeNet config's training state, from any API."""
     if api == "nnx":
         return nnx_to_linen(config, state, classes)
+    if api == "equinox":
+        from experiments.common import steps_equinox
+
+        return steps_equinox.equinox_to_linen(config, state, classes)
     return {"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})}
 
 
@@ -148,7 +154,8 @@ def lenet_bn_variables(state: State, api: str, classes: int = 2) -> dict:
 
 
 def with_lenet_batch_stats(state: State, batch_stats: dict, api: str) -> State:
-    """The training state with LeNet_bn's running statistics replaced (linen ``batch_stats`` naming)."""
+    """The training state with LeNet_bn's running statistics replaced (linen ``batch_stats`` naming, which an
+    Equinox state's ``batch_stats`` shares)."""
     if api == "nnx":  # the model's part of the pure dict holds each BN's BatchStats under the same names
         model = {**state[0], **{name: {**state[0][name], **stats} for name, stats in batch_stats.items()}}
         return {**state, 0: model}
