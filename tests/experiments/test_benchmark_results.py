@@ -114,8 +114,6 @@ def test_the_quiet_run_rule_covers_the_committed_results():
         assert {"git_dirty", "cpu_count", "loadavg_1min_start", "loadavg_1min_end"} <= set(meta), path.name
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="benchmarks/cpu*.json predate the quiet-run rule; re-measured with issue 25")
 def test_committed_results_are_quiet_runs_or_say_why_they_are_kept():
     """README and docs/ quote these files: each was taken on a clean tree and an idle machine, or carries a caveat
     (``--caveat``), which its tables show."""
