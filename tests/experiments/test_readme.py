@@ -195,22 +195,32 @@ def test_every_number_of_the_performance_summary_is_its_cell_of_the_committed_re
 
 
 def test_the_lenet_timing_table_is_the_committed_results():
+    """README's LeNet table and the ratios below it are scripts/time_lenet.sh's committed medians: each row's whole
+    command, split and images/s, and the paired JAX / PyTorch ratios of the cold and warm runs."""
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("| run | whole command |"):]
+    prose = " ".join(table[table.index("\n\n"):].split("\n\n")[1].split())
     table = table[:table.index("\n\n")]
     bench = ROOT / "benchmarks" / "lenet"
     seconds = json.loads((bench / "process_seconds.json").read_text())
-    runs = {"experiments.lenet": json.loads((bench / "jax_timing.json").read_text()),
+    jax_timing = json.loads((bench / "jax_timing.json").read_text())
+    runs = {"(cold)": jax_timing, "(warm)": jax_timing["warm"],
             "predecoded": json.loads((bench / "torch_predecoded.json").read_text()),
             "lesson": json.loads((bench / "torch_lesson.json").read_text())}
     for key, timing in runs.items():
         row = next(line for line in table.splitlines() if key in line)
-        whole = next(v for k, v in seconds.items() if key in k)
+        whole = next(v for k, v in seconds.items() if key.rstrip(")") in k)
         expected = [whole, timing["data"], timing["train"], timing["eval"], timing["train_images_per_s"]]
         if timing.get("compile"):
             expected.append(timing["compile"])
         for value in expected:
-            assert f" {value:g}" in row, (key, value, row)
+            assert f" {value} s" in row or f" {value} |" in row, (key, value, row)
+    ratios = seconds["jax_over_torch_predecoded"]
+    assert f"training phase: {ratios['jax_cold']['training']:g} cold, {ratios['jax_warm']['training']:g} warm" in prose
+    assert all(ratios[side]["training"] < 1 for side in ratios) and "train faster than" in prose
+    assert (f"{ratios['jax_cold']['whole_command']:g}× PyTorch's cold and {ratios['jax_warm']['whole_command']:g}× "
+            f"warm") in prose
+    assert min(r["whole_command"] for r in ratios.values()) > 1 and "whole command is still slower" in prose
 
 
 def test_the_stability_numbers_are_the_committed_sweeps():
