@@ -140,6 +140,23 @@ def _gather(name: str, a: jax.Array, names: tuple[Hashable, ...]) -> jax.Array:
     return a.reshape((-1, *shape))
 
 
+def _set_state(name: str, state: eqx.nn.State, index: eqx.nn.StateIndex[Any], old: BatchStats,
+               new: BatchStats) -> eqx.nn.State:
+    """``state.set(index, new)``; where Equinox refuses statistics of the same shapes and dtypes, what differs is
+    JAX's varying-manual-axes type (jax < 0.10 lets the collective through a checked shard_map, then the new
+    statistics vary over the mesh axis and the old ones do not): that error names the fix."""
+    try:
+        return state.set(index, new)
+    except ValueError as error:
+        def signature(stats: BatchStats) -> list[tuple[Any, ...]]:
+            return [(path, jnp.shape(a), jnp.result_type(a)) for path, a in jax.tree_util.tree_leaves_with_path(stats)]
+
+        if signature(old) != signature(new):
+            raise
+        raise ValueError(f"{name}: the updated running statistics vary over a mesh axis the state does not (JAX "
+                         "checks varying manual axes in this shard_map); pass check_vma=False to jax.shard_map") from error
+
+
 def _over_batch(name: str, axis_name: _AxisNames, x: jax.Array, mask: jax.Array | None, function: _BatchFunction, *,
                 sync_all: bool = False) -> tuple[jax.Array, BatchStats]:
     """``function(batch, batch_mask, axis_name) -> (y, stats)`` applied to the batch this example belongs to;
@@ -290,7 +307,7 @@ class _Stateful(eqx.nn.StatefulLayer):
         if isinstance(state, _NoState):
             return y
         if not inference and stats and self.state_index is not None:  # (stats are read only through an index)
-            state = state.set(self.state_index, new_stats)
+            state = _set_state(name, state, self.state_index, stats, new_stats)
         return y, state
 
     def _normalize(self, x: jax.Array, stats: BatchStats, train: bool, mask: jax.Array | None,
