@@ -19,13 +19,9 @@ from flax import nnx
 from jaxnorm import _checks
 from jaxnorm import nnx as jnnx
 from jaxnorm.migrate import momentum_from_decay
-from jaxnorm.nnx import BatchNorm
+from jaxnorm.nnx import BatchNorm, dotted_path, replace_at
 
 __all__ = ["BatchNorm", "convert_flax_norms", "convert_sync_batch_norm"]
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-    return ".".join(str(key) for key in path)
 
 
 def _replace(model: nnx.Module, make: Callable[[str, nnx.Module], nnx.Module | None]) -> tuple[nnx.Module, int]:
@@ -34,19 +30,13 @@ def _replace(model: nnx.Module, make: Callable[[str, nnx.Module], nnx.Module | N
     replacement is made before any is assigned, so an error leaves the model unchanged."""
     replacements = []
     for path, module in list(nnx.iter_modules(model)):
-        new = make(_dotted(path), module)
+        new = make(dotted_path(path), module)
         if new is not None:
             replacements.append((path, new))
     for path, new in replacements:
         if not path:
             return new, 1
-        parent: Any = model
-        for key in path[:-1]:
-            parent = parent[key] if isinstance(key, int) else getattr(parent, str(key))
-        if isinstance(path[-1], int):
-            parent[path[-1]] = new
-        else:
-            setattr(parent, str(path[-1]), new)
+        replace_at(model, path, new)
     return model, len(replacements)
 
 

@@ -515,7 +515,7 @@ def _frozen(layer: _Stateful) -> FrozenBatchNorm:
     return FrozenBatchNorm(weight, bias, mean, layer.running_var[...], eps=layer.eps, axis=layer.axis)
 
 
-def _replace_at(model: nnx.Module, path: tuple[Any, ...], new: nnx.Module) -> None:
+def replace_at(model: nnx.Module, path: tuple[Any, ...], new: nnx.Module) -> None:
     """Put ``new`` where ``path`` leads in ``model``: attribute names, and indices into ``nnx.List``s."""
     parent: Any = model
     for key in path[:-1]:
@@ -526,7 +526,7 @@ def _replace_at(model: nnx.Module, path: tuple[Any, ...], new: nnx.Module) -> No
         setattr(parent, str(path[-1]), new)
 
 
-def _dotted(path: tuple[Any, ...]) -> str:
+def dotted_path(path: Sequence[Any]) -> str:
     """A module path of ``nnx.iter_modules`` as PyTorch names it: ``blocks.0.bn``."""
     return ".".join(str(key) for key in path)
 
@@ -569,12 +569,12 @@ def freeze_batch_norm(model: nnx.Module, *, where: Callable[[str], bool] | None 
     layers = [(path, module) for path, module in nnx.iter_modules(model)
               if isinstance(module, _Stateful) and module.track_running_stats and path]
     if where is not None:
-        chosen = set(_checks.selected(name, _checks.check_where(name, where), [_dotted(p) for p, _ in layers]))
-        layers = [(path, module) for path, module in layers if _dotted(path) in chosen]
+        chosen = set(_checks.selected(name, _checks.check_where(name, where), [dotted_path(p) for p, _ in layers]))
+        layers = [(path, module) for path, module in layers if dotted_path(path) in chosen]
     if not layers:
         raise ValueError(f"{name}: found no layer with running statistics in {type(model).__name__}")
     for path, module in layers:
-        _replace_at(model, path, _frozen(module))
+        replace_at(model, path, _frozen(module))
     return model
 
 

@@ -1,4 +1,4 @@
-"""Precise BN: recompute BatchNorm running statistics over a set of batches with the final weights.
+r"""Precise BN: recompute BatchNorm running statistics over a set of batches with the final weights.
 
 After training, each BN layer's running statistics are an exponential moving average over batches seen
 while the weights were still changing. Recalibrating with the final weights (PyTorch's
@@ -17,6 +17,30 @@ accumulator in the ``eqx.nn.State``. PyTorch's ``update_bn`` instead resets the 
 ``momentum=None`` on them and runs the batches: that is exactly the ``"mean"`` estimator's accumulator (the pure
 function's cumulative average), but ``"population"`` needs each batch's per-channel count, which only the layer's
 input tells.
+
+Which layers and what they get:
+
+The layers are the front-end's BatchNorm layers (``BatchNorm1d/2d/3d``, and NNX's any-rank ``BatchNorm``) with
+``track_running_stats=True`` that the batches reach; BatchRenorm layers are left alone. They are forced into
+training mode, so they normalize by each batch's statistics and the layers after them see what they saw in
+training; other layers run as ``apply_kwargs``/``call_kwargs`` (linen) or the model's mode (NNX: call
+``model.eval()`` first to keep dropout off; Equinox: ``eqx.nn.inference_mode(model)``) say. With
+:math:`\mu_b`, :math:`s^2_b` and :math:`n_b` the per-channel mean, *unbiased* variance and number of values of
+a layer's input in batch :math:`b = 1..B`:
+
+- ``estimator="mean"`` (PyTorch's ``torch.optim.swa_utils.update_bn``: reset, then one training-mode pass per
+  batch with ``momentum=None``): :math:`\text{running\_mean} = \frac1B \sum_b \mu_b`,
+  :math:`\text{running\_var} = \frac1B \sum_b s^2_b`. Every batch weighs the same, whatever its size, and
+  the spread of the batch means is not counted.
+- ``estimator="population"`` (fvcore's ``update_bn_stats`` approach): the mean and unbiased variance of all
+  batches concatenated, :math:`\text{running\_mean} = \frac1n \sum_b n_b \mu_b` and
+  :math:`\text{running\_var} = \frac{1}{n-1} \sum_{b,i} (x_{bi} - \text{running\_mean})^2` with
+  :math:`n = \sum_b n_b`, accumulated across batches in float32 with Chan et al.'s pairwise merge of
+  (count, mean, :math:`M_2`), which stays accurate at large offsets (no :math:`\sum x^2`).
+
+Either way ``num_batches_tracked = B`` and the layers' own ``momentum`` plays no part. A layer's ``mask=``
+argument is honoured (statistics over the valid values); ``virtual_batch_size``, ``axis_index_groups`` and the
+devices of ``axis_name`` are not: the statistics are those of each whole batch on this device.
 
 Example:
   >>> import jax.numpy as jnp
@@ -238,10 +262,6 @@ def _replace(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> Any:
     return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
 
 
-def _dotted(path: Sequence[Any]) -> str:
-    return ".".join(map(str, path))
-
-
 def _observed(layer: jnnx._BatchNorm, path: str, visit: Visit) -> BatchNormFunction:
     """The pure function of ``layer``'s class, always in training mode (batch statistics, as in training, whatever
     the layer's mode), that reports every call's input to ``visit``."""
@@ -268,11 +288,11 @@ def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any], *, estimator: st
         copy = nnx.merge(graphdef, state)  # the updates of this traced copy are dropped; the model is untouched
         for path, layer in nnx.iter_modules(copy):
             if isinstance(layer, _NNX_BATCH_NORM) and layer.track_running_stats:
-                layer._function = _observed(layer, _dotted(path), visit)  # this copy's layer only, not its class
+                layer._function = _observed(layer, jnnx.dotted_path(path), visit)  # this copy's layer only, not its class
         copy(x, **call_kwargs)
 
     results = _accumulate_batches(forward, state, batches, estimator, type(model).__name__)
-    modules = {_dotted(p): m for p, m in nnx.iter_modules(model)}
+    modules = {jnnx.dotted_path(p): m for p, m in nnx.iter_modules(model)}
     for path, stats in results.items():
         for key, value in stats.items():
             getattr(modules[str(path)], key)[...] = value
@@ -283,56 +303,22 @@ def recalibrate_batch_stats(model: nn.Module | nnx.Module | Any, *args: Any, est
                             **kwargs: Any) -> Any:
     r"""Recompute every jaxnorm BatchNorm layer's running statistics over a set of batches ("precise BN").
 
-    Three forms, by the kind of model:
+    Three forms, by the kind of model (which layers, and the estimators' formulas: the module docstring):
 
-    - linen: ``new_variables = recalibrate_batch_stats(model, variables, batches, **apply_kwargs)``. Every batch
-      runs through ``model.apply(variables, x, mutable=["batch_stats"], **apply_kwargs)``; returns new variables
-      with the BN layers' ``batch_stats`` recomputed and everything else (``params``, other layers' statistics)
-      unchanged; the input is not modified.
-    - NNX: ``recalibrate_batch_stats(model, batches, **call_kwargs)``. Every batch runs through
-      ``model(x, **call_kwargs)`` on a traced copy; the BN layers' BatchStats are then updated **in place** (as NNX
-      layers update themselves, and as PyTorch's ``update_bn`` does) and the model is returned. Nothing else of
-      the model changes (other layers' statistics, RNG state).
-    - Equinox: ``model, state = recalibrate_batch_stats(model, state, batches, **call_kwargs)``. Every batch ``xs``
-      runs through ``jax.vmap(partial(model, **call_kwargs), axis_name=..., in_axes=(0, None))(xs, state)`` (the
-      model called on one example returns ``(y, state)``), vmapped over the BN layers' ``axis_name`` (``"batch"`` by
-      default; they must share one; of a tuple of names the batch goes on the last, the others get size 1);
-      ``call_kwargs`` are the same for every example. Returns the model (unchanged) and a new state whose BN entries
-      are recomputed; everything else of the state is unchanged and the inputs stay valid.
-
-    The layers are the front-end's BatchNorm layers (``BatchNorm1d/2d/3d``, and NNX's any-rank ``BatchNorm``) with
-    ``track_running_stats=True`` that the batches reach; BatchRenorm layers are left alone. They are forced into
-    training mode, so they normalize by each batch's statistics and the layers after them see what they saw in
-    training; other layers run as ``apply_kwargs``/``call_kwargs`` (linen) or the model's mode (NNX: call
-    ``model.eval()`` first to keep dropout off; Equinox: ``eqx.nn.inference_mode(model)``) say. With
-    :math:`\mu_b`, :math:`s^2_b` and :math:`n_b` the per-channel mean, *unbiased* variance and number of values of
-    a layer's input in batch :math:`b = 1..B`:
-
-    - ``estimator="mean"`` (PyTorch's ``torch.optim.swa_utils.update_bn``: reset, then one training-mode pass per
-      batch with ``momentum=None``): :math:`\text{running\_mean} = \frac1B \sum_b \mu_b`,
-      :math:`\text{running\_var} = \frac1B \sum_b s^2_b`. Every batch weighs the same, whatever its size, and
-      the spread of the batch means is not counted.
-    - ``estimator="population"`` (fvcore's ``update_bn_stats`` approach): the mean and unbiased variance of all
-      batches concatenated, :math:`\text{running\_mean} = \frac1n \sum_b n_b \mu_b` and
-      :math:`\text{running\_var} = \frac{1}{n-1} \sum_{b,i} (x_{bi} - \text{running\_mean})^2` with
-      :math:`n = \sum_b n_b`, accumulated across batches in float32 with Chan et al.'s pairwise merge of
-      (count, mean, :math:`M_2`), which stays accurate at large offsets (no :math:`\sum x^2`).
-
-    Either way ``num_batches_tracked = B`` and the layers' own ``momentum`` plays no part. A layer's ``mask=``
-    argument is honoured (statistics over the valid values); ``virtual_batch_size``, ``axis_index_groups`` and the
-    devices of ``axis_name`` are not: the statistics are those of each whole batch on this device.
+    - linen: ``new_variables = recalibrate_batch_stats(model, variables, batches, **apply_kwargs)``: each batch
+      through ``model.apply(variables, x, mutable=["batch_stats"], **apply_kwargs)``; only the BN layers'
+      ``batch_stats`` differ in the new variables.
+    - NNX: ``recalibrate_batch_stats(model, batches, **call_kwargs)``: each batch through ``model(x, **call_kwargs)``
+      on a traced copy, then the BN layers' BatchStats updated **in place** (as ``update_bn`` does); returns model.
+    - Equinox: ``model, state = recalibrate_batch_stats(model, state, batches, **call_kwargs)``: each batch vmapped
+      over the BN layers' shared ``axis_name`` (of a tuple of names, the last); a new state, the inputs stay valid.
 
     Args:
       model: a Flax linen or NNX module, or an Equinox model, containing jaxnorm BatchNorm layers.
-      *args: ``(variables, batches)`` for linen, ``(batches,)`` for NNX, ``(state, batches)`` for Equinox.
-        ``batches`` is an iterable of model inputs (whole batches); a tuple or list ``(inputs, labels, ...)``
-        contributes its first element (as in PyTorch's ``update_bn``).
+      *args: as above; ``batches`` is an iterable of whole batches, of which a tuple or list ``(inputs, labels,
+        ...)`` contributes its first element (as in PyTorch's ``update_bn``).
       estimator: ``"mean"`` or ``"population"``.
-      **kwargs: passed to ``model.apply`` (linen; e.g. ``train=False``, ``rngs=...``) or to ``model(x, ...)``
-        (NNX, Equinox) for every batch.
-
-    Returns:
-      linen: the new variables. NNX: ``model`` itself, updated in place. Equinox: ``(model, new state)``.
+      **kwargs: passed to ``model.apply`` (linen; e.g. ``train=False``) or ``model(x, ...)`` for every batch.
 
     Raises:
       ValueError: an unknown ``estimator``, no batches, no ``batch_stats`` collection (linen), no jaxnorm
