@@ -65,12 +65,7 @@ def _layer_entries(path: KeyPath, name: str, layer: jeqx._Stateful, state: eqx.n
                          tuple(value.shape))
     if layer.state_index is None:
         return
-    try:
-        stats = state.get(layer.state_index)
-    except KeyError:
-        raise ValueError(f"{function}: the state holds no running statistics for the layer {name!r} "
-                         f"({type(layer).__name__}): "
-                         "it belongs to another model; pass the state made with this model") from None
+    stats = jeqx._layer_stats(function, name, layer, state)
     for key in STATS_KEYS:
         yield _Entry(f"{name}.{key}".lstrip("."), None, layer, stats[key], tuple(stats[key].shape))
 

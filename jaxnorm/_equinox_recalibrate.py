@@ -56,7 +56,7 @@ class _Observed(eqx.nn.StatefulLayer):
         batch_mask = None if checked is None else jeqx._gather(NAME, checked, names)
         entry = state.get(self.accumulator)
         acc = _accumulate(self.estimator, entry["acc"], jeqx._gather(NAME, x, names), eps=self.layer.eps,
-                          axis=jeqx._batched_axis(NAME, self.layer.axis, x.ndim), mask=batch_mask)
+                          axis=jeqx._batched_axis(NAME, self.layer.axis, x), mask=batch_mask)
         return y, state.set(self.accumulator, {"acc": acc, "calls": entry["calls"] + 1})
 
 

@@ -188,8 +188,13 @@ def _check_example(name: str, x: jax.Array, ranks: tuple[int, ...], layout: str)
                          f"them over the batch), got {x.ndim}-D input with shape {tuple(x.shape)}")
 
 
-def _batched_axis(name: str, axis: int, ndim: int) -> int:
-    """The channel axis of one example as an axis of the batch of one the pure functions take."""
+def _batched_axis(name: str, axis: int, x: jax.Array) -> int:
+    """The channel axis of one floating example ``x`` (checked) as an axis of the batch of one the pure functions
+    take."""
+    _checks.check_floating(name, x)
+    ndim = x.ndim
+    if ndim < 1:
+        raise ValueError(f"{name}: expected one example (C, *), got a 0-D input")
     if not isinstance(axis, int) or isinstance(axis, bool) or not -ndim <= axis < ndim:
         raise ValueError(f"{name}: expected a channel axis in [{-ndim}, {ndim}) for a {ndim}-D example, got {axis!r}")
     return axis + 1 if axis >= 0 else axis
@@ -263,12 +268,7 @@ class _Stateful(eqx.nn.StatefulLayer):
                             "it y, state = layer(x, state), with model, state = eqx.nn.make_with_state(Model)(...)")
         if not isinstance(state, eqx.nn.State):
             raise TypeError(f"{name}: expected state to be an eqx.nn.State, got {type(state).__name__}")
-        try:
-            return state.get(self.state_index)
-        except KeyError:
-            raise ValueError(f"{name}: this state holds no running statistics for this layer (state index "
-                             f"{self.state_index.marker!r}): it belongs to another model; pass the state made "
-                             "with this model, model, state = eqx.nn.make_with_state(Model)(...)") from None
+        return _layer_stats(name, None, self, state)
 
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
                  inference: bool | None = None, mask: jax.Array | None = None) -> _Output:
@@ -347,7 +347,7 @@ class _BatchNorm(_Stateful):
     def _normalize(self, x: jax.Array, stats: BatchStats, train: bool, mask: jax.Array | None,
                    **options: Any) -> tuple[jax.Array, BatchStats]:
         name = type(self).__name__
-        axis = _batched_axis(name, self.axis, x.ndim)
+        axis = _batched_axis(name, self.axis, x)
         mask = _checks.check_mask(name, mask, x)
         if not (train or not stats):  # running statistics: nothing from the other examples
             y, _ = self._function(x[None], _params(self), stats, train=False, eps=self.eps, axis=axis,
@@ -480,7 +480,7 @@ class _InstanceNorm(_Stateful):
     def _normalize(self, x: jax.Array, stats: BatchStats, train: bool, mask: jax.Array | None,
                    **options: Any) -> tuple[jax.Array, BatchStats]:
         name = type(self).__name__
-        axis = _batched_axis(name, self.axis, x.ndim)
+        axis = _batched_axis(name, self.axis, x)
         mask = _checks.check_mask(name, mask, x)
 
         def function(batch: jax.Array, batch_mask: jax.Array | None,
@@ -644,10 +644,7 @@ class GroupNorm(_Stateless):
 
     def _normalize(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         name = type(self).__name__
-        _checks.check_floating(name, x)
-        if x.ndim < 1:
-            raise ValueError(f"{name}: expected one example (C, *), got a 0-D input")
-        axis = _batched_axis(name, self.axis, x.ndim)
+        axis = _batched_axis(name, self.axis, x)
         return group_norm(x[None], _params(self), self.num_groups, eps=self.eps, axis=axis,
                           mask=_batched_mask(name, mask, x))[0]
 
@@ -702,10 +699,7 @@ class FrozenBatchNorm(_Stateless):
 
     def _normalize(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         name = type(self).__name__
-        _checks.check_floating(name, x)
-        if x.ndim < 1:
-            raise ValueError(f"{name}: expected one example (C, *), got a 0-D input")
-        axis = _batched_axis(name, self.axis, x.ndim)
+        axis = _batched_axis(name, self.axis, x)
         mask = _checks.check_mask(name, mask, x)
         stats = {"running_mean": self.running_mean, "running_var": self.running_var}
         y = frozen_batch_norm(x[None], {"weight": self.weight, "bias": self.bias}, stats, eps=self.eps, axis=axis)[0]
@@ -814,16 +808,23 @@ def replace_layers(model: Any, replace: Callable[[str, eqx.Module], Any]) -> Any
     return eqx.tree_at(lambda m: [_at(m, path) for path, _, _ in found], model, new, is_leaf=lambda n: n is None)
 
 
+def _layer_stats(function: str, path: str | None, layer: _Stateful, state: eqx.nn.State) -> BatchStats:
+    """The running statistics of ``layer`` (at ``path`` in the model, None for the layer being called) in ``state``;
+    a state made for another model raises naming the layer."""
+    assert layer.state_index is not None  # only layers with running statistics are read
+    try:
+        return state.get(layer.state_index)
+    except KeyError:
+        where = "this layer" if path is None else f"the layer {path!r}"
+        raise ValueError(f"{function}: the state holds no running statistics for {where} "
+                         f"({type(layer).__name__}): it belongs to another model; pass the state made with this "
+                         "model, model, state = eqx.nn.make_with_state(Model)(...)") from None
+
+
 def _frozen(name: str, path: str, layer: _Stateful, state: eqx.nn.State) -> FrozenBatchNorm:
     """The :class:`FrozenBatchNorm` of a layer with running statistics, from its parameters and its entry in
     ``state``."""
-    assert layer.state_index is not None  # only layers with running statistics are frozen
-    try:
-        stats = state.get(layer.state_index)
-    except KeyError:
-        raise ValueError(f"{name}: the state holds no running statistics for the layer {path!r} "
-                         f"({type(layer).__name__}): it belongs to another model; pass the state made with this "
-                         "model") from None
+    stats = _layer_stats(name, path, layer, state)
     mean = stats["running_mean"]
     weight = jnp.ones_like(mean) if layer.weight is None else layer.weight
     bias = jnp.zeros_like(mean) if layer.bias is None else layer.bias
