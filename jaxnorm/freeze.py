@@ -60,12 +60,8 @@ def freeze_batch_norm(variables_or_model: Mapping[str, Any] | nnx.Module | Any, 
         the prefix of its keys in the torch state dict: linen module names (``block1.bn``), NNX and Equinox attribute
         paths with list items by index (``layers.0.bn``).
 
-    Returns:
-      New linen variables; the NNX model (changed in place); or the Equinox ``(model, state)``.
-
     Raises:
-      TypeError: a ``state`` with linen variables or an NNX model, none with an Equinox model; ``where`` not
-        callable.
+      TypeError: a ``state`` with linen variables or an NNX model, none with an Equinox model; ``where`` not callable.
       ValueError: not linen variables, nothing to freeze, or a ``where`` that selects no layer (the message lists
         the layers' paths).
 

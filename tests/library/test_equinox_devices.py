@@ -12,35 +12,20 @@ itself); InstanceNorm2d's running statistics averaged over every device's exampl
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 pytest.importorskip("equinox")
 pytestmark = pytest.mark.slow  # a subprocess that compiles ~15 programs (~15 s here); CI runs the slow tests too
 
-from test_sync_bn import ROOT, TOL  # noqa: E402  (one machinery and one tolerance for the device tests)
+from test_sync_bn import ROOT, TOL, run_worker  # noqa: E402  (one machinery and one tolerance for the device tests)
+from test_sync_bn import worker_case as _case  # noqa: E402
 
 WORKER = ROOT / "tests" / "library" / "_equinox_worker.py"
 
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, str(WORKER)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert proc.returncode == 0, f"worker failed:\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout)
-
-
-def _case(report: dict, name: str) -> dict:
-    result = report["cases"][name]
-    if "error" in result:
-        pytest.fail(f"{name} raised {result['error']}\n{result.get('traceback', '')}")
-    return result
+    return run_worker(WORKER, timeout=600)
 
 
 def _assert_steps(result: dict, steps, name: str, counted: bool = True) -> None:

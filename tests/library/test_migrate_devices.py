@@ -8,13 +8,8 @@ The checks run in ``tests/library/_migrate_worker.py``, a subprocess started as 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
-from test_sync_bn import ROOT, TOL  # one machinery and one tolerance for the device tests
+from test_sync_bn import ROOT, TOL, run_worker  # one machinery and one tolerance for the device tests
 
 pytestmark = pytest.mark.slow  # a subprocess that starts JAX with 4 devices and compiles one step (~5 s)
 
@@ -23,11 +18,7 @@ WORKER = ROOT / "tests" / "library" / "_migrate_worker.py"
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, str(WORKER)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert proc.returncode == 0, f"worker failed:\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout)
+    return run_worker(WORKER, timeout=600)
 
 
 def test_synchronized_nnx_model_equals_the_whole_batch(report):

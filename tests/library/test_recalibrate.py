@@ -63,6 +63,17 @@ def _setup(n_batches=5, batch=16):
     return model, variables, batches
 
 
+def _assert_only_bn_statistics_recomputed(got: dict, want: dict, before: dict) -> None:
+    """A twin model's state dict after recalibration: linen's recalibrated values, and only the BN statistics of
+    ``before`` changed (three batches)."""
+    assert set(got) == set(want)
+    for key in got:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
+        if not key.startswith(("bn1.running", "bn2.running", "bn1.num", "bn2.num")):
+            np.testing.assert_array_equal(got[key], before[key], err_msg=key)  # only the BN statistics change
+    assert int(got["bn1.num_batches_tracked"]) == 3 and not np.isnan(got["bn1.running_var"]).any()
+
+
 def test_equals_float64_numpy_average():
     model, variables, batches = _setup()
     new = jn.recalibrate_batch_stats(model, variables, batches, train=False)
@@ -186,12 +197,7 @@ def test_nnx_model_is_recalibrated_in_place_as_linen(estimator):
     before = jn.nnx_to_torch_state_dict(nmodel)
     assert jn.recalibrate_batch_stats(nmodel, batches, estimator=estimator) is nmodel  # in place
     got = jn.nnx_to_torch_state_dict(nmodel)
-    assert set(got) == set(want)
-    for key in got:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
-        if not key.startswith(("bn1.running", "bn2.running", "bn1.num", "bn2.num")):
-            np.testing.assert_array_equal(got[key], before[key], err_msg=key)  # only the BN statistics change
-    assert int(got["bn1.num_batches_tracked"]) == 3 and not np.isnan(got["bn1.running_var"]).any()
+    _assert_only_bn_statistics_recomputed(got, want, before)
     assert nmodel.bn1.use_running_average is True and nmodel.bn1.momentum == 0.3  # the modes are left alone
 
 
@@ -360,12 +366,7 @@ def test_equinox_model_is_recalibrated_as_linen(estimator):
     returned, new_state = jn.recalibrate_batch_stats(emodel, state, iter(batches), estimator=estimator)
     assert returned is emodel
     got = jn.equinox_to_torch_state_dict(emodel, new_state)
-    assert set(got) == set(want)
-    for key in got:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
-        if not key.startswith(("bn1.running", "bn2.running", "bn1.num", "bn2.num")):
-            np.testing.assert_array_equal(got[key], before[key], err_msg=key)  # only the BN statistics change
-    assert int(got["bn1.num_batches_tracked"]) == 3 and not np.isnan(got["bn1.running_var"]).any()
+    _assert_only_bn_statistics_recomputed(got, want, before)
     after = jn.equinox_to_torch_state_dict(emodel, state)  # the caller's state is still valid, and unchanged
     assert all(np.array_equal(after[key], before[key], equal_nan=True) for key in before)
 

@@ -42,20 +42,29 @@ TOL_SPREAD = 1e-5
 CASES = case_names()
 
 
-@pytest.fixture(scope="module")
-def report() -> dict:
+def run_worker(worker: Path, timeout: int) -> dict:
+    """Run a device-test worker script (it forces its host devices before importing jax) and return its JSON report;
+    the other device tests use it too."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, str(WORKER)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    proc = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout)
     assert proc.returncode == 0, f"worker failed:\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout)
 
 
-def _case(report: dict, name: str) -> dict:
+def worker_case(report: dict, name: str) -> dict:
+    """One case of a worker's report; a case the worker saw raise fails the test with its traceback."""
     result = report["cases"][name]
     if "error" in result:
         pytest.fail(f"{name} raised {result['error']}\n{result.get('traceback', '')}")
     return result
+
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    return run_worker(WORKER, timeout=900)
 
 
 def _assert_small(result: dict, keys, tol: float, name: str) -> None:
@@ -73,7 +82,7 @@ def test_case_list_matches_worker(report):
 
 @pytest.mark.parametrize("name", [n for n in CASES if n.startswith("bn_train/")])
 def test_bn_train_matches_full_batch(report, name):
-    r = _case(report, name)
+    r = worker_case(report, name)
     for step in (1, 2):
         _assert_small(r, [f"step{step}_{k}" for k in ("y", "running_mean", "running_var")], TOL, name)
         _assert_small(r, [f"step{step}_full_vs_f64_{k}" for k in ("y", "running_mean", "running_var")], TOL_F64, name)
@@ -87,7 +96,7 @@ def test_bn_train_matches_full_batch(report, name):
 
 @pytest.mark.parametrize("name", [n for n in CASES if n.startswith("bn_grad")])
 def test_bn_gradients_match_full_batch(report, name):
-    r = _case(report, name)
+    r = worker_case(report, name)
     _assert_small(r, ["y", "dx", "dweight", "dbias"], TOL, name)
     _assert_small(r, ["full_vs_f64_dx", "full_vs_f64_dweight", "full_vs_f64_dbias"], TOL_F64, name)
     assert r["replica_spread"] <= TOL_SPREAD, name
@@ -95,14 +104,14 @@ def test_bn_gradients_match_full_batch(report, name):
 
 def test_control_unsynchronized_bn_is_detected(report):
     """Without axis_name each device normalizes with its own statistics: the metrics must see it."""
-    r = _case(report, "control/shard_map_no_axis_name")
+    r = worker_case(report, "control/shard_map_no_axis_name")
     assert r["step1_y"] > 0.1
     assert r["step1_running_mean"] > 0.01 and r["step1_running_var"] > 0.01
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n.startswith("instance_train/")])
 def test_instance_norm_running_stats_match_full_batch(report, name):
-    r = _case(report, name)
+    r = worker_case(report, name)
     for step in (1, 2):
         _assert_small(r, [f"step{step}_{k}" for k in ("y", "running_mean", "running_var")], TOL, name)
         assert r[f"step{step}_replica_spread"] <= TOL_SPREAD, name
@@ -112,7 +121,7 @@ def test_instance_norm_running_stats_match_full_batch(report, name):
 
 @pytest.mark.parametrize("name", [n for n in CASES if n.startswith("group/")])
 def test_group_norm_on_sharded_batch(report, name):
-    _assert_small(_case(report, name), ["y", "dx", "dweight", "dbias"], TOL, name)
+    _assert_small(worker_case(report, name), ["y", "dx", "dweight", "dbias"], TOL, name)
 
 
 def test_group_norm_documents_no_axis_name(report):
@@ -123,19 +132,19 @@ def test_group_norm_documents_no_axis_name(report):
 
 
 def test_forward_mode_through_the_collective(report):
-    _assert_small(_case(report, "bn_jvp/shard_map/nchw"), ["y", "y_dot"], TOL, "bn_jvp")
+    _assert_small(worker_case(report, "bn_jvp/shard_map/nchw"), ["y", "y_dot"], TOL, "bn_jvp")
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n.startswith("masked_counts/")])
 def test_devices_with_unequal_valid_counts_equal_bn_on_the_valid_examples(report, name):
-    r = _case(report, name)
+    r = worker_case(report, name)
     _assert_small(r, ["y", "running_mean", "running_var"], TOL, name)
     assert r["padding_finite"] and r["nbt"] == 1, r
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n.startswith("groups/")])
 def test_device_groups_have_their_own_statistics(report, name):
-    r = _case(report, name)
+    r = worker_case(report, name)
     _assert_small(r, list(r), TOL, name)
     assert len(r) == 2 + 2 * 4  # two groups' outputs, and both statistics on each of the 4 devices
 
@@ -146,7 +155,7 @@ def _total(counts: dict) -> int:
 
 def test_one_collective_per_statistics_pass(report):
     """Forward: one collective for mean and variance together; backward (w.r.t. x): one more."""
-    r = _case(report, "collectives")
+    r = worker_case(report, "collectives")
     assert _total(r["forward_jaxpr"]) == 1, r["forward_jaxpr"]
     assert _total(r["forward_hlo"]) == 1, r["forward_hlo"]
     assert _total(r["fwd_and_bwd_x_jaxpr"]) == 2, r["fwd_and_bwd_x_jaxpr"]
@@ -155,5 +164,5 @@ def test_one_collective_per_statistics_pass(report):
 
 def test_sharded_jit_inserts_collectives(report):
     """Plain jit on a batch-sharded input: XLA itself adds the cross-device reductions."""
-    r = _case(report, "collectives")
+    r = worker_case(report, "collectives")
     assert r["jit_sharded_forward_hlo"].get("all-reduce", 0) >= 1, r["jit_sharded_forward_hlo"]
