@@ -32,6 +32,12 @@ per-channel vectors are ignored):
   ``sum(dy)`` and ``sum(dy * x_hat)``, once for the final map ``dx = w/sigma * (dy - mean(dy) - x_hat *
   mean(dy * x_hat))``) and writes dx: ``B_fwdbwd = 3 N + 5 N = 8 N``.
 
+With ``--copy-baseline`` each row also times a *copy* of the same data, the memory floor no normalization can beat:
+``y = x · w`` (``fwd``: reads x, writes y, ``2 N``) and ``y, dx = x · w, dy · w`` (``fwd+bwd``: reads x and dy,
+writes y and dx, ``4 N``), with ``w`` the case's per-channel weight, in one jitted JAX program each
+(:func:`experiments.benchmark.runners.build_copy`). A one-pass normalization reaches it only if its statistics cost
+nothing; the byte model's two-pass normalization moves 1.5 × (fwd) and 2 × (fwd+bwd) its bytes.
+
 Achieved bandwidth is ``B / median time`` in GB/s (10^9 bytes/s). It can exceed the machine's DRAM bandwidth when
 x fits in cache, so read it as "how close to the memory limit", not as a hardware measurement.
 """
@@ -45,11 +51,16 @@ import math
 PASSES = ("fwd", "fwd+bwd")
 # Bytes moved per byte of x (see the byte model above).
 BYTES_PER_X = {"fwd": 3, "fwd+bwd": 8}
+# ... and by the copy baseline (x read, y written; and dy read, dx written).
+COPY_BYTES_PER_X = {"fwd": 2, "fwd+bwd": 4}
 # The libraries (report.plot_benchmark draws <impl>_ms for these), and every implementation a row may carry.
 IMPLS = ("jaxnorm", "flax", "torch")
 ALL_IMPLS = ("jaxnorm", "jaxnorm_nomask", "flax", "torch")
 JAX_IMPLS = ("jaxnorm", "jaxnorm_nomask", "flax")
-LABELS = {"jaxnorm": "jaxnorm", "jaxnorm_nomask": "jaxnorm unmasked", "flax": "Flax", "torch": "PyTorch"}
+# Baselines run only when asked (--copy-baseline): a results file has their keys only where they ran.
+OPTIONAL_IMPLS = ("copy",)
+LABELS = {"jaxnorm": "jaxnorm", "jaxnorm_nomask": "jaxnorm unmasked", "flax": "Flax", "torch": "PyTorch",
+          "copy": "copy (x·w)"}
 EPS = 1e-5
 GROUPS = 8
 OFFSET = 1e3  # offset data: per-group offsets uniform in ±OFFSET, std 1
@@ -105,11 +116,12 @@ CASES = {c.name: c for c in (
 )}
 
 
-def bytes_moved(shape: tuple[int, ...], itemsize: int, pass_: str) -> int:
-    """Bytes a training-mode norm must move for x of ``shape``: 3N (fwd) or 8N (fwd+bwd)."""
+def bytes_moved(shape: tuple[int, ...], itemsize: int, pass_: str, *, copy: bool = False) -> int:
+    """Bytes a training-mode norm must move for x of ``shape``: 3N (fwd) or 8N (fwd+bwd); ``copy=True``: the copy
+    baseline's 2N or 4N."""
     if pass_ not in BYTES_PER_X:
         raise ValueError(f"pass must be one of {PASSES}, got {pass_!r}")
-    return BYTES_PER_X[pass_] * math.prod(shape) * itemsize
+    return (COPY_BYTES_PER_X if copy else BYTES_PER_X)[pass_] * math.prod(shape) * itemsize
 
 
 def case_impls(case: Case, with_torch: bool) -> tuple[str, ...]:

@@ -103,6 +103,17 @@ def cross_check(case: Case, p: Problem, built: dict[str, Impl], data: str, opts:
                        mask_vs_valid_only=mask_check, flax_fast_variance_err=fast_err)
 
 
+def check_copy(case: Case, p: Problem, copy: Impl, data: str) -> None:
+    """The copy baseline wrote every element of ``x · w`` and ``dy · w``: equal to NumPy's float32 products bit for
+    bit (one correctly rounded multiplication each), or the run stops."""
+    view = tuple(-1 if a == case.channel_axis % p.x.ndim else 1 for a in range(p.x.ndim))
+    w = p.weight.reshape(view)
+    for what, got, want in zip(("y", "dx"), copy.result(), (p.x * w, p.dy * w), strict=True):
+        if not np.array_equal(got, want):
+            err = float(np.nanmax(np.abs(got - want)) / np.max(np.abs(want)))
+            raise _fail(case, data, "copy", f"{what} vs x·w computed by NumPy", err, 0.0)
+
+
 def _check_mask(case: Case, p: Problem, masked: Impl, data: str, opts: Options, tol: float) -> MaskCheck:
     """jaxnorm masked at the valid examples vs jaxnorm unmasked on those examples alone; exact zeros elsewhere."""
     sub = p.valid_examples()

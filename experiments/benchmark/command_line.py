@@ -49,6 +49,7 @@ examples:
   python -m experiments.benchmark --quick                     # smoke run, tiny shapes: times are noise
   python -m experiments.benchmark --json benchmarks/cpu.json
   python -m experiments.benchmark --data offset --json benchmarks/cpu_offset.json
+  python -m experiments.benchmark --scale 16 --copy-baseline --json benchmarks/gpu.json   # JAX on a GPU
   python -m experiments.benchmark --table benchmarks/cpu.json benchmarks/cpu_offset.json --write docs/performance.md
 """
 
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
       help="device for PyTorch: cpu or cuda (default: cuda when JAX runs on a GPU and torch sees one, else cpu)")
     a("--scale", type=int, default=1,
       help="multiply every case's batch (first) dimension by K, e.g. 16 to fill a GPU (default 1)")
+    a("--copy-baseline", action="store_true",
+      help="also time a copy of the same data (y = x·w; and dx = dy·w): the memory floor, 2N fwd / 4N fwd+bwd; "
+           "the tables then give every library's time over it")
     a("--seed", type=int, default=0, help="seed of the random inputs, cotangent and affine parameters")
     a("--json", type=Path, default=None, help="write {meta, rows} as JSON to FILE (the input of --table)")
     a("--out", type=Path, default=None, help="folder for benchmark.json and benchmark.md (created if missing)")
@@ -128,7 +132,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
     fast = args.flax_variance == "fast" or (args.flax_variance == "auto" and args.data == "normal")
     return RunConfig(data=args.data, rounds=args.rounds, inner=args.inner, warmup=args.warmup, seed=args.seed,
                      opts=Options(flax_fast_variance=fast, torch_device=device), with_torch=with_torch,
-                     hlo_dir=args.hlo, check_only=args.check_only)
+                     hlo_dir=args.hlo, check_only=args.check_only, copy_baseline=args.copy_baseline)
 
 
 def _write_results(args: argparse.Namespace, meta: dict, rows: list[Row], text: str) -> None:

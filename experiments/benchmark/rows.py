@@ -7,7 +7,8 @@ alone (``timing`` None). It holds its cross-check (:class:`CheckResult`) and, pe
 The results files keep one flat JSON object per row (benchmarks/README.md documents the keys). This module is the
 only one that spells those keys: ``<impl>_ms``, ``<impl>_ms_min``, ``<impl>_gbs`` for every implementation;
 ``jaxnorm_vs_<impl>`` with ``_iqr`` and ``_best`` for every other one; ``<impl>_hlo_traffic`` and
-``<impl>_hlo_traffic_dearest`` for the JAX ones. ``Row.from_json`` then ``Row.to_json`` gives a file's row back,
+``<impl>_hlo_traffic_dearest`` for the JAX ones; ``copy_ms``, ``copy_ms_min``, ``copy_gbs`` and ``jaxnorm_vs_copy``
+(``_iqr``, ``_best``) only in rows where the copy baseline ran. ``Row.from_json`` then ``Row.to_json`` gives a file's row back,
 same keys in the same order.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.benchmark.cases import ALL_IMPLS, JAX_IMPLS
+from experiments.benchmark.cases import ALL_IMPLS, JAX_IMPLS, OPTIONAL_IMPLS
 
 
 def _opt(cls, value):
@@ -130,6 +131,12 @@ def _measured_to_json(measured: Mapping[str, Measured]) -> dict[str, Any]:
         t = measured.get(name, Measured()).traffic
         out |= {f"{name}_hlo_traffic": None if t is None else t.cheapest,
                 f"{name}_hlo_traffic_dearest": None if t is None else t.dearest}
+    for name in OPTIONAL_IMPLS:  # only where it ran: files without the baseline keep their keys
+        m = measured.get(name, Measured())
+        if m.ms is not None and m.vs is not None:
+            out |= {f"{name}_ms": m.ms, f"{name}_ms_min": m.ms_min, f"{name}_gbs": m.gbs,
+                    f"jaxnorm_vs_{name}": m.vs.median, f"jaxnorm_vs_{name}_iqr": list(m.vs.iqr),
+                    f"jaxnorm_vs_{name}_best": m.vs.best}
     return out
 
 
@@ -142,6 +149,10 @@ def _measured_from_json(d: Mapping[str, Any]) -> dict[str, Measured]:
         if name in JAX_IMPLS and (d[f"{name}_hlo_traffic"], d[f"{name}_hlo_traffic_dearest"]) != (None, None):
             traffic = Traffic(d[f"{name}_hlo_traffic"], d[f"{name}_hlo_traffic_dearest"])
         measured[name] = Measured(d[f"{name}_ms"], d[f"{name}_ms_min"], d[f"{name}_gbs"], vs, traffic)
+    for name in OPTIONAL_IMPLS:
+        if d.get(f"{name}_ms") is not None:
+            vs = Ratio(d[f"jaxnorm_vs_{name}"], tuple(d[f"jaxnorm_vs_{name}_iqr"]), d[f"jaxnorm_vs_{name}_best"])
+            measured[name] = Measured(d[f"{name}_ms"], d[f"{name}_ms_min"], d[f"{name}_gbs"], vs)
     return measured
 
 
@@ -154,7 +165,7 @@ class Timing:
     rounds: int
     inner: int
     warmup: int
-    measured: dict[str, Measured]  # every name of ALL_IMPLS
+    measured: dict[str, Measured]  # every name of ALL_IMPLS, and the OPTIONAL_IMPLS that ran
 
     def to_json(self) -> dict[str, Any]:
         return {"pass": self.pass_, "bytes": self.bytes, "rounds": self.rounds, "inner": self.inner,

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments.benchmark import runners
-from experiments.benchmark.cases import ALL_IMPLS, JAX_IMPLS, PASSES, Case, bytes_moved, case_impls
-from experiments.benchmark.checks import cross_check
+from experiments.benchmark.cases import ALL_IMPLS, JAX_IMPLS, OPTIONAL_IMPLS, PASSES, Case, bytes_moved, case_impls
+from experiments.benchmark.checks import check_copy, cross_check
 from experiments.benchmark.inputs import make_problem
 from experiments.benchmark.rows import Measured, Ratio, Row, Timing
 from experiments.benchmark.runners import Impl, Options
@@ -45,6 +45,7 @@ class RunConfig:
     with_torch: bool = True
     hlo_dir: Path | None = None
     check_only: bool = False
+    copy_baseline: bool = False  # also time the copy baseline (cases.py: the memory floor)
 
 
 def _setup(case: Case, impls: Sequence[str], opts: Options, excluded: dict[str, str]) -> dict[str, str]:
@@ -60,6 +61,8 @@ def _setup(case: Case, impls: Sequence[str], opts: Options, excluded: dict[str, 
                       else f"not run: {case.torch_absent or 'not installed or --no-torch'}")
     for name, why in excluded.items():
         setup[name] = f"{setup[name]}, {why}"
+    if "copy" in impls:
+        setup["copy"] = "y = x·w (fwd: 2N), y, dx = x·w, dy·w (fwd+bwd: 4N), w per channel: no statistics"
     return setup
 
 
@@ -70,12 +73,14 @@ def _measure(case: Case, built: dict[str, Impl], pass_: str, shape: tuple[int, .
     times = time_interleaved(fns, rounds=cfg.rounds, warmup=cfg.warmup, inner=cfg.inner)
     nbytes = bytes_moved(shape, itemsize, pass_)
     measured = {}
-    for name in ALL_IMPLS:
+    for name in ALL_IMPLS + OPTIONAL_IMPLS:
         t = times.get(name)
         if t is None:
-            measured[name] = Measured()
+            if name in ALL_IMPLS:
+                measured[name] = Measured()
             continue
         ms = float(np.median(t))
+        moved = bytes_moved(shape, itemsize, pass_, copy=True) if name == "copy" else nbytes
         vs = None
         if name != "jaxnorm":
             r = paired_ratios(times["jaxnorm"], t, cfg.rounds, cfg.inner)
@@ -83,7 +88,7 @@ def _measure(case: Case, built: dict[str, Impl], pass_: str, shape: tuple[int, .
         traffic = None
         if name in JAX_IMPLS:
             traffic = count_traffic(case, built[name], pass_, math.prod(shape) * itemsize, cfg.hlo_dir, name)
-        measured[name] = Measured(ms=ms, ms_min=float(np.min(t)), gbs=nbytes / (ms * 1e-3) / 1e9, vs=vs,
+        measured[name] = Measured(ms=ms, ms_min=float(np.min(t)), gbs=moved / (ms * 1e-3) / 1e9, vs=vs,
                                   traffic=traffic)
     return Timing(pass_=pass_, bytes=nbytes, rounds=cfg.rounds, inner=cfg.inner, warmup=cfg.warmup,
                   measured=measured)
@@ -97,9 +102,12 @@ def run_case(case: Case, shape: tuple[int, ...], cfg: RunConfig) -> list[Row]:
     built = {name: builders[name](case, p, cfg.opts) for name in impls}
     checked = cross_check(case, p, built, cfg.data, cfg.opts)
     built = {name: b for name, b in built.items() if name not in checked.excluded}
+    if cfg.copy_baseline and not cfg.check_only:
+        built["copy"] = builders["copy"](case, p, cfg.opts)
+        check_copy(case, p, built["copy"], cfg.data)
     row = Row(case=case.name, op=case.op, norm=case.title, layout=case.layout, shape=tuple(shape), data=cfg.data,
               masked=case.masked, dtype=str(p.x.dtype), impls=tuple(built),
-              setup=_setup(case, impls, cfg.opts, checked.excluded),
+              setup=_setup(case, impls + tuple(n for n in OPTIONAL_IMPLS if n in built), cfg.opts, checked.excluded),
               flax_variance=("n/a" if case.op == "rms_norm" else
                              "fast" if cfg.opts.flax_fast_variance else "two-pass"),
               torch_device=cfg.opts.torch_device if "torch" in impls else None, check=checked)

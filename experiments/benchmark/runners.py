@@ -1,4 +1,5 @@
-"""How each library runs a case: a builder per implementation (jaxnorm, jaxnorm unmasked, Flax, PyTorch).
+"""How each library runs a case: a builder per implementation (jaxnorm, jaxnorm unmasked, Flax, PyTorch), and the
+copy baseline.
 
 A builder returns an :class:`Impl`: two zero-argument callables that run one training-mode step and block until it
 is done, a ``result`` callable giving (y, dx) as NumPy in the case's layout for the cross-check, and (JAX only) the
@@ -195,7 +196,28 @@ def build_torch(case: Case, p: Problem, opts: Options) -> Impl:
     return Impl(fwd=fwd, fwdbwd=fwdbwd, result=result)
 
 
+def build_copy(case: Case, p: Problem, opts: Options) -> Impl:
+    """The memory floor of the case's data: ``y = x · w`` (fwd) and ``y, dx = x · w, dy · w`` (fwd+bwd), ``w`` the
+    per-channel weight broadcast along the case's channel axis; each pass one jitted program, as jaxnorm's.
+
+    Every normalization reads x and writes y (and reads dy, writes dx): what this moves, with no statistics. Its
+    ``result`` is ``(y, dx)``, which :func:`experiments.benchmark.checks.check_copy` compares with NumPy's products.
+    """
+    x, dy = jnp.asarray(p.x), jnp.asarray(p.dy)
+    view = tuple(-1 if a == case.channel_axis % p.x.ndim else 1 for a in range(p.x.ndim))
+    w = jnp.asarray(p.weight).reshape(view)
+    fwd = jax.jit(lambda x, w: x * w)
+    fwdbwd = jax.jit(lambda x, w, dy: (x * w, dy * w))
+
+    def result():
+        y, dx = fwdbwd(x, w, dy)
+        return np.asarray(y), np.asarray(dx)
+
+    return Impl(fwd=lambda: jax.block_until_ready(fwd(x, w)), fwdbwd=lambda: jax.block_until_ready(fwdbwd(x, w, dy)),
+                result=result)
+
+
 def builders() -> dict[str, Callable[[Case, Problem, Options], Impl]]:
     """Looked up at run time, so that a test can replace one builder of this module with a wrong one."""
     return {"jaxnorm": build_jaxnorm, "jaxnorm_nomask": build_jaxnorm_nomask, "flax": build_flax,
-            "torch": build_torch}
+            "torch": build_torch, "copy": build_copy}

@@ -24,6 +24,13 @@ LEGEND = (
     "conditional, which jaxnorm's CPU statistics take on ill-conditioned data.")
 
 
+FLOOR_LEGEND = (
+    "Against the memory floor (`--copy-baseline`): a copy of the same data, y = x·w (fwd: reads x, writes y, 2N) and "
+    "y, dx = x·w, dy·w (fwd+bwd: 4N), one jitted JAX program. jaxnorm / copy is the paired per-round ratio as above; "
+    "Flax / copy and PyTorch / copy are ratios of medians. A norm that reads x twice (statistics, then normalize) "
+    "is bound to 1.5× the copy in fwd and 2× in fwd+bwd (the byte model's 3N and 8N).")
+
+
 def verdict(ratio: float | None, iqr: Sequence[float] | None, best: float | None) -> str:
     """Is jaxnorm faster? ``yes``: the median per-round ratio is under 1 − GAIN and both the upper quartile and the
     best-call ratio are under 1; ``no (slower)``: the mirror image above 1; ``no gain`` otherwise — a difference
@@ -104,6 +111,21 @@ def _masked_table(rows: Sequence[Row]) -> str:
          _others(r)) for r in rows])
 
 
+def _over_copy(r: Row, impl: str) -> str:
+    """``impl``'s median time over the copy baseline's (a ratio of medians; ``-`` where either did not run)."""
+    ms, copy = r.measured(impl).ms, r.measured("copy").ms
+    return "-" if ms is None or copy is None else f"{ms / copy:.2f}"
+
+
+def _floor_table(rows: Sequence[Row]) -> str:
+    head = ("norm", "layout, shape", "pass", "copy ms", "copy GB/s", "jaxnorm / copy: median (IQR) · best",
+            "Flax / copy", "PyTorch / copy", "jaxnorm GB/s (byte model)")
+    return markdown(head, [
+        (r.norm, _where(r), r.pass_, _ms(r.measured("copy").ms), f"{r.measured('copy').gbs:.0f}",
+         _ratio_cell(r, "copy"), _over_copy(r, "flax"), _over_copy(r, "torch"), f"{r.measured('jaxnorm').gbs:.0f}")
+        for r in rows])
+
+
 def as_rows(rows: Sequence[Row | Mapping[str, Any]]) -> list[Row]:
     """Typed rows, from rows or from their JSON form (what ``main`` returns)."""
     return [r if isinstance(r, Row) else Row.from_json(r) for r in rows]
@@ -111,11 +133,14 @@ def as_rows(rows: Sequence[Row | Mapping[str, Any]]) -> list[Row]:
 
 def format_table(rows: Sequence[Row | Mapping[str, Any]]) -> str:
     """The Markdown tables of one run: unmasked cases (jaxnorm vs Flax and PyTorch), then masked BN (the price of a
-    mask: masked vs unmasked jaxnorm, and masked jaxnorm vs masked Flax). Ratios < 1: jaxnorm is faster."""
+    mask: masked vs unmasked jaxnorm, and masked jaxnorm vs masked Flax), then, where the copy baseline ran, every
+    library's time over that memory floor (> 1: slower than copying the data). Ratios < 1: jaxnorm is faster."""
     rows = as_rows(rows)
     plain = [r for r in rows if not r.masked]
     masked = [r for r in rows if r.masked]
-    return "\n\n".join(([_plain_table(plain)] if plain else []) + ([_masked_table(masked)] if masked else []))
+    floor = [r for r in rows if r.measured("copy").ms is not None]
+    return "\n\n".join(([_plain_table(plain)] if plain else []) + ([_masked_table(masked)] if masked else [])
+                        + ([FLOOR_LEGEND + "\n\n" + _floor_table(floor)] if floor else []))
 
 
 def fast_variance_note(rows: Sequence[Row]) -> str:

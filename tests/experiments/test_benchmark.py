@@ -539,3 +539,39 @@ def test_gpu_check_catches_a_wrong_implementation(index, wrong, output, gpu_chec
     assert right["ok"] and right["max_rel_err"] <= gc.BOUND
     bad = gc.check_case(name, shape, spec, [jax.devices("cpu")[0]], seed=index, build=wrong(gc))
     assert not bad["ok"] and bad["devices"]["cpu"]["errors"][output] > 10 * gc.BOUND
+
+
+# ------------------------------------------------------------------------------------------- the copy baseline
+
+
+def test_the_copy_baseline_is_timed_beside_the_libraries_and_tabulated_against_them(tmp_path):
+    path = tmp_path / "bench.json"
+    rows = benchmark.main(FAST + ["--ops", "bn_nhwc,ln", "--no-torch", "--copy-baseline", "--json", str(path)])
+    for r in rows:
+        assert r["impls"][-1] == "copy" and "no statistics" in r["setup"]["copy"]
+        copy_bytes = {"fwd": 2, "fwd+bwd": 4}[r["pass"]] * math.prod(r["shape"]) * 4
+        assert copy_bytes == benchmark.bytes_moved(tuple(r["shape"]), 4, r["pass"], copy=True)
+        assert r["copy_gbs"] == pytest.approx(copy_bytes / (r["copy_ms"] * 1e-3) / 1e9)
+        assert r["jaxnorm_vs_copy"] == pytest.approx(r["jaxnorm_ms"] / r["copy_ms"])
+        assert "copy" not in r["check"]  # it computes no normalization: checked bit for bit instead
+    _, typed = benchmark.load_results(path)
+    assert [t.to_json() for t in typed] == json.loads(path.read_text())["rows"]  # round trip, copy keys included
+    table = benchmark.format_table(typed)
+    assert table.count("| copy ms |") == 1 and benchmark.tables.FLOOR_LEGEND in table
+    ln_fwd = next(line for line in table.split(benchmark.tables.FLOOR_LEGEND)[1].splitlines()
+                  if line.startswith("| LayerNorm") and "| fwd |" in line)
+    r = rows[2]
+    assert f"| {r['flax_ms'] / r['copy_ms']:.2f} | - |" in ln_fwd  # Flax / copy, and no PyTorch
+    assert benchmark.format_table([rows[0] | {"copy_ms": None}]).count("| copy ms |") == 0
+
+
+def test_rows_without_the_copy_baseline_keep_their_keys():
+    rows = benchmark.main(FAST + ["--ops", "rms", "--no-torch"])
+    assert all(not any(k.startswith("copy") or k.startswith("jaxnorm_vs_copy") for k in r) for r in rows)
+
+
+def test_a_copy_that_misses_an_element_stops_the_run(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark.runners, "build_copy", _perturbed(benchmark.runners.build_copy, "dx", by=1e-7))
+    assert benchmark.cli(FAST + ["--ops", "gn_nchw", "--no-torch", "--copy-baseline"]) == 1
+    err = capsys.readouterr().err
+    assert "case gn_nchw (normal data), copy (x·w): dx vs x·w computed by NumPy" in err
