@@ -40,9 +40,9 @@ step() {  # step NAME LIMIT_S CMD...: run CMD with a time limit, its output in $
   timeout "$limit" "$@" > "$out/$name.log" 2>&1 || { echo "$name: exit $?"; status=1; }
   tail -n 40 "$out/$name.log"
 }
-step bench_normal 260 "$py" -m experiments.benchmark "${bench_args[@]}" --copy-baseline --json "$out/gpu.json" \
+step bench_normal 270 "$py" -m experiments.benchmark "${bench_args[@]}" --copy-baseline --json "$out/gpu.json" \
   --caveat "$caveat"
-step gpu_check 150 "$py" scripts/gpu_check.py --out "$out" "${check_args[@]}"
-step bench_offset 200 "$py" -m experiments.benchmark "${bench_args[@]}" --copy-baseline --data offset \
+step gpu_check 120 "$py" scripts/gpu_check.py --out "$out" "${check_args[@]}"
+step bench_offset 150 "$py" -m experiments.benchmark "${bench_args[@]}" --copy-baseline --data offset \
   --json "$out/gpu_offset.json" --caveat "$caveat"
 exit "$status"
