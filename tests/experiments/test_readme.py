@@ -177,6 +177,33 @@ def _performance_claims() -> list[str]:
         f"{off.ratio('bn_nchw', fwd, 'flax')} (forward) and {off.ratio('bn_nchw', fb, 'flax')} (forward + backward)",
         f"a masked BatchNorm costs {_span([res.vs(c, p, 'jaxnorm_nomask') for res, c, p in masked], '.1f')}× the "
         f"unmasked one and {_span([res.vs(c, p, 'flax', yes) for res, c, p in masked])} of Flax's masked BatchNorm",
+        *_gpu_claims(cpu),
+    ]
+
+
+def _gpu_claims(cpu: _Results) -> list[str]:
+    """README's GPU bullet, every number from ``benchmarks/gpu.json`` (and its batch from the CPU run's)."""
+    gpu = _Results("gpu.json")
+    yes, even, slower, miss = {"yes"}, {"no gain"}, {"no (slower)"}, {"no gain", "no (slower)"}
+    fb, fwd = "fwd+bwd", "fwd"
+    norms = ("bn_nchw", "bn_nhwc", "gn_nchw", "gn_nhwc", "ln")
+    traffic = {p: {f"{gpu.traffic(c, p, impl):.0f}N" for c in norms for impl in ("jaxnorm", "flax")} for p in (fwd, fb)}
+    assert len(traffic[fwd]) == len(traffic[fb]) == 1, traffic  # "as Flax's": one value for every case and library
+    assert gpu.meta["jax_backend"] == "gpu" and "H200" in json.dumps(gpu.meta)
+
+    def both(case: str, other: str, verdicts: set[str]) -> str:
+        return f"{gpu.ratio(case, fwd, other, verdicts)} / {gpu.ratio(case, fb, other, verdicts)}"
+
+    scale = gpu.rows["bn_nchw", fwd].shape[0] // cpu.rows["bn_nchw", fwd].shape[0]
+    return [
+        f"(one NVIDIA H200, `benchmarks/gpu.json`, batch × {scale})",
+        f"move {traffic[fwd].pop()} forward and {traffic[fb].pop()} forward + backward, as Flax's",
+        f"BatchNorm NCHW {both('bn_nchw', 'flax', even)}, GroupNorm NCHW {both('gn_nchw', 'flax', even)} and "
+        f"LayerNorm {both('ln', 'flax', even)} are no gain either way; GroupNorm channels-last "
+        f"{both('gn_nhwc', 'flax', slower)} and RMSNorm forward + backward {gpu.ratio('rms', fb, 'flax', slower)} are "
+        "slower",
+        f"BatchNorm NCHW {both('bn_nchw', 'torch', yes)} and GroupNorm channels-last {both('gn_nhwc', 'torch', yes)} "
+        f"are wins; LayerNorm {both('ln', 'torch', miss)} and RMSNorm {both('rms', 'torch', miss)} are misses",
     ]
 
 
