@@ -78,8 +78,10 @@ def make_task(config: str, cfg: RunConfig, data: images.Dataset) -> training.Tas
     """The config's model with the lesson's loss (cross-entropy) and optimizer (SGD + momentum, StepLR)."""
     tx = training.make_optimizer(cfg.lr, training.steps_per_epoch(len(data.train_y), cfg.batch_size))
     sample = data.train_x[:1]
-    if cfg.api == "nnx":
-        return steps.nnx_task(config, len(data.classes), tx, sample)
+    if cfg.api == "nnx":  # imported only here: a linen run never loads flax.nnx
+        from experiments.common import steps_nnx
+
+        return steps_nnx.nnx_task(config, len(data.classes), tx, sample)
     if cfg.api == "equinox":  # optional: imported only here (parse_config checked that Equinox is installed)
         from experiments.common import steps_equinox
 

@@ -1,7 +1,8 @@
 """Per-layer activation statistics of any Flax linen or NNX model — the lesson's per-layer std print, made general.
 
 One row per module call, in execution order, and the first layer whose output has a NaN or inf. (The module is not
-called ``inspect``: that name would shadow the standard library's.)
+called ``inspect``: that name would shadow the standard library's.) NNX models are observed by
+:mod:`jaxnorm._nnx_activations`, imported only for one, so inspecting a linen model does not import ``flax.nnx``.
 
 Example:
   >>> import jax.numpy as jnp
@@ -29,16 +30,17 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import nnx
 
-from jaxnorm._observe import observe_returns
+if TYPE_CHECKING:
+    from flax import nnx
 
 __all__ = ["LayerStats", "ActivationStats", "activation_stats", "format_table"]
 
@@ -185,22 +187,6 @@ def _linen_activation_stats(model: nn.Module, variables: Mapping[str, Any], x: A
     return _stats(list(names.values()), {names[path]: _captured(intermediates, path) for path in order})
 
 
-def _nnx_activation_stats(model: nnx.Module, *args: Any, **call_kwargs: Any) -> ActivationStats:
-    """Every module call of an NNX model, observed as it returns (:mod:`jaxnorm._observe`: NNX has no method
-    interceptor, and nothing is patched instead), on a copy of the model."""
-    copy = nnx.clone(model)  # a training-mode call updates BatchStats and RNG state in place: not the caller's
-    modules = {id(m): m for _, m in nnx.iter_modules(copy)}
-    names = {id(m): ".".join(map(str, path)) or ROOT for path, m in nnx.iter_modules(copy)}
-    outputs: dict[str, list[Any]] = {}
-
-    def record(module: nnx.Module, out: Any) -> None:
-        outputs.setdefault(names[id(module)], []).append(out)  # dict order = first completion: inner modules first
-
-    with observe_returns("activation_stats", modules, record):
-        copy(*args, **call_kwargs)
-    return _stats(list(outputs), outputs)
-
-
 def activation_stats(model: nn.Module | nnx.Module, *args: Any, **kwargs: Any) -> ActivationStats:
     """Mean, std, fraction of zeros and finiteness of every module's output for one forward pass.
 
@@ -246,8 +232,11 @@ def activation_stats(model: nn.Module | nnx.Module, *args: Any, **kwargs: Any) -
       Glorot & Bengio, Understanding the difficulty of training deep feedforward neural networks, AISTATS 2010,
       https://proceedings.mlr.press/v9/glorot10a.html (per-layer activation statistics)
     """
-    if isinstance(model, nnx.Module):
-        return _nnx_activation_stats(model, *args, **kwargs)
+    flax_nnx = sys.modules.get("flax.nnx")  # an NNX model exists only if flax.nnx is imported: never import it here
+    if flax_nnx is not None and isinstance(model, flax_nnx.Module):
+        from jaxnorm._nnx_activations import nnx_activation_stats
+
+        return nnx_activation_stats(model, *args, **kwargs)
     if isinstance(model, nn.Module):
         return _linen_activation_stats(model, *args, **kwargs)
     raise TypeError(f"activation_stats: expected a flax.linen or flax.nnx Module, got {type(model).__name__}")

@@ -4,8 +4,10 @@ After training, each BN layer's running statistics are an exponential moving ave
 while the weights were still changing. Recalibrating with the final weights (PyTorch's
 ``torch.optim.swa_utils.update_bn``; "precise BN" in Wu & Johnson, 2021) replaces them by exact averages
 over a set of batches. Works on Flax linen models (``jaxnorm.linen`` BatchNorm layers), Flax NNX models
-(``jaxnorm.nnx`` BatchNorm layers, also the any-rank ``BatchNorm`` of ``convert_flax_norms``) and Equinox models
-(``jaxnorm.equinox`` BatchNorm layers; :mod:`jaxnorm._equinox_recalibrate`).
+(``jaxnorm.nnx`` BatchNorm layers, also the any-rank ``BatchNorm`` of ``convert_flax_norms``;
+:mod:`jaxnorm._nnx_recalibrate`) and Equinox models (``jaxnorm.equinox`` BatchNorm layers;
+:mod:`jaxnorm._equinox_recalibrate`). Those two modules are imported only for a model of theirs, so recalibrating a
+linen model imports neither ``flax.nnx`` nor Equinox.
 
 How the layers are reached, without changing any class: every batch runs through the model under ``jax.jit``,
 and each BN layer reports its input to an accumulator (one per layer, passed through the jitted step). Linen:
@@ -62,27 +64,27 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from jaxnorm import linen
-from jaxnorm import nnx as jnnx
-from jaxnorm._types import COUNTER, BatchNormFunction, BatchStats, Params
+from jaxnorm._types import COUNTER, BatchStats
 from jaxnorm.batch_norm import batch_norm, batch_norm_init
+
+if TYPE_CHECKING:
+    from flax import nnx
 
 __all__ = ["recalibrate_batch_stats"]
 
 ESTIMATORS = ("mean", "population")
-# The layers recalibrated: every subclass of the front-end's BatchNorm base (BatchNorm1d/2d/3d, and NNX's any-rank
-# BatchNorm that convert_flax_norms makes); linen's BatchRenorm, whose training output depends on its running
-# statistics, is not one
+# The layers recalibrated: every subclass of the front-end's BatchNorm base (BatchNorm1d/2d/3d; NNX's, with the any-rank
+# BatchNorm that convert_flax_norms makes, in jaxnorm._nnx_recalibrate); linen's BatchRenorm, whose training output
+# depends on its running statistics, is not one
 _LINEN_BATCH_NORM = linen._BatchNorm
-_NNX_BATCH_NORM = jnnx._BatchNorm
 Accumulator = dict[str, jax.Array]
 
 
@@ -262,43 +264,6 @@ def _replace(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> Any:
     return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
 
 
-def _observed(layer: jnnx._BatchNorm, path: str, visit: Visit) -> BatchNormFunction:
-    """The pure function of ``layer``'s class, always in training mode (batch statistics, as in training, whatever
-    the layer's mode), that reports every call's input to ``visit``."""
-    function = type(layer)._function
-
-    def observed(x: jax.Array, params: Params, batch_stats: BatchStats, *, train: bool, momentum: float | None = 0.1,
-                 eps: float = 1e-5, axis: int = 1, axis_name: Hashable | None = None,
-                 axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
-                 virtual_batch_size: int | None = None) -> tuple[jax.Array, BatchStats]:
-        del train
-        out = function(x, params, batch_stats, train=True, momentum=momentum, eps=eps, axis=axis, axis_name=axis_name,
-                       axis_index_groups=axis_index_groups, mask=mask, virtual_batch_size=virtual_batch_size)
-        visit(path, layer, x, mask)
-        return out
-
-    return observed
-
-
-def _recalibrate_nnx(model: nnx.Module, batches: Iterable[Any], *, estimator: str,
-                     **call_kwargs: Any) -> nnx.Module:
-    graphdef, state = nnx.split(model)
-
-    def forward(state: Any, x: jax.Array, visit: Visit) -> None:
-        copy = nnx.merge(graphdef, state)  # the updates of this traced copy are dropped; the model is untouched
-        for path, layer in nnx.iter_modules(copy):
-            if isinstance(layer, _NNX_BATCH_NORM) and layer.track_running_stats:
-                layer._function = _observed(layer, jnnx.dotted_path(path), visit)  # this copy's layer only, not its class
-        copy(x, **call_kwargs)
-
-    results = _accumulate_batches(forward, state, batches, estimator, type(model).__name__)
-    modules = {jnnx.dotted_path(p): m for p, m in nnx.iter_modules(model)}
-    for path, stats in results.items():
-        for key, value in stats.items():
-            getattr(modules[str(path)], key)[...] = value
-    return model
-
-
 def recalibrate_batch_stats(model: nn.Module | nnx.Module | Any, *args: Any, estimator: str = "mean",
                             **kwargs: Any) -> Any:
     r"""Recompute every jaxnorm BatchNorm layer's running statistics over a set of batches ("precise BN").
@@ -345,8 +310,11 @@ def recalibrate_batch_stats(model: nn.Module | nnx.Module | Any, *args: Any, est
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"recalibrate_batch_stats: expected estimator to be one of {ESTIMATORS}, got {estimator!r}")
-    if isinstance(model, nnx.Module):
-        return _recalibrate_nnx(model, *args, estimator=estimator, **kwargs)
+    flax_nnx = sys.modules.get("flax.nnx")  # an NNX model exists only if flax.nnx is imported: never import it here
+    if flax_nnx is not None and isinstance(model, flax_nnx.Module):
+        from jaxnorm._nnx_recalibrate import recalibrate_nnx
+
+        return recalibrate_nnx(model, *args, estimator=estimator, **kwargs)
     if isinstance(model, nn.Module):
         return _recalibrate_linen(model, *args, estimator=estimator, **kwargs)
     eqx = sys.modules.get("equinox")  # an Equinox model exists only if Equinox is imported: never import it here

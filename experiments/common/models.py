@@ -1,5 +1,7 @@
 """The lesson's LeNet and LeNet_bn in Flax linen, channels-last (NHWC) with PyTorch-compatible parameters, and the
-same LeNet with another normalization in place of BN (the small-batch study).
+same LeNet with another normalization in place of BN (the small-batch study). Their NNX and Equinox twins
+(``lenet --api nnx`` / ``--api equinox``) are in :mod:`experiments.common.models_nnx` and
+:mod:`experiments.common.models_equinox`, imported only for those APIs: this module needs flax.linen only.
 
 Layout choice: inputs are NHWC ``(N, 32, 32, 3)`` because that is Flax's (and XLA's CPU) native convolution
 layout; BatchNorm2d therefore normalizes over ``axis=-1``. To keep the parameters one-to-one with PyTorch's
@@ -27,11 +29,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 import jaxnorm.init as jinit
 import jaxnorm.linen as jnn
-import jaxnorm.nnx as jnnx
 
 INIT_SCHEMES = ("plain", "init")
 CONFIGS = ("plain", "init", "bn")  # the lesson's three runs
@@ -224,35 +224,3 @@ def make_model(config: str, classes: int = 2, *, blocked: bool = True) -> LeNet:
     if config in INIT_SCHEMES:
         return LeNet(classes, init_scheme=config, blocked=blocked)
     raise ValueError(f"config must be one of {CONFIGS}, got {config!r}")
-
-
-class NnxLeNet(nnx.Module):
-    """The lesson's LeNet (``bn=False``) or LeNet_bn (``bn=True``) as a Flax NNX module with jaxnorm.nnx BatchNorm:
-    the same layers, names and layout as :class:`LeNet`, so the two load each other's weights through PyTorch's
-    state-dict names. Its parameters start as NNX's initializers draw them; the experiments copy a linen init in."""
-
-    def __init__(self, classes: int = 2, *, bn: bool = False, blocked: bool = True, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(3, 6, (5, 5), padding="VALID", rngs=rngs)
-        self.conv2 = nnx.Conv(6, 16, (5, 5), padding="VALID", rngs=rngs)
-        self.fc1, self.fc2 = nnx.Linear(400, 120, rngs=rngs), nnx.Linear(120, 84, rngs=rngs)
-        self.fc3 = nnx.Linear(84, classes, rngs=rngs)
-        self.bn, self.blocked = bn, blocked
-        if bn:
-            self.bn1, self.bn2 = jnnx.BatchNorm2d(6, axis=-1), jnnx.BatchNorm2d(16, axis=-1)
-            self.bn3 = jnnx.BatchNorm1d(120)
-
-    def __call__(self, x, *, mask=None):
-        _check_input(x)
-        m4, m2 = (None, None) if mask is None else (mask.reshape(-1, 1, 1, 1), mask.reshape(-1, 1))
-        norm = (lambda layer, h, m: layer(h, mask=m)) if self.bn else (lambda layer, h, m: h)
-
-        def conv_norm_relu_pool(conv, bn, h):  # as LeNet's, blocked or direct
-            if not self.blocked:
-                return pool(nnx.relu(norm(bn, conv(h), m4)))
-            y = blocked_conv(h, conv.kernel[...], conv.bias[...])
-            return pool_windows(nnx.relu(norm(bn, as_feature_map(y), m4).reshape(y.shape)))
-
-        x = conv_norm_relu_pool(self.conv1, getattr(self, "bn1", None), x)
-        x = conv_norm_relu_pool(self.conv2, getattr(self, "bn2", None), x)
-        x = nnx.relu(norm(getattr(self, "bn3", None), self.fc1(flatten_like_torch(x)), m2))
-        return self.fc3(nnx.relu(self.fc2(x)))

@@ -1,28 +1,24 @@
-"""The training step of a model as pure functions of one state pytree, for Flax linen and Flax NNX (Equinox's:
-:mod:`experiments.common.steps_equinox`, imported only when asked for, as Equinox is optional).
+"""The training step of a model as pure functions of one state pytree, for Flax linen; Flax NNX's and Equinox's
+are in :mod:`experiments.common.steps_nnx` and :mod:`experiments.common.steps_equinox`, imported only when asked for
+(a linen run imports neither flax.nnx nor Equinox, which is optional).
 
 The front-ends give the epoch loop (:mod:`experiments.common.training`) the same :class:`Task`: the state is a
 pytree the loop can place on devices, donate, checkpoint and restore, whatever the API that made it.
 
 * linen: ``{"params", "batch_stats", "opt_state"}``; ``model.apply`` with ``mutable=["batch_stats"]``.
-* NNX: the ``nnx.state`` of ``(model, nnx.Optimizer(model, tx, wrt=nnx.Param))``; each step merges it into
-  modules, takes ``nnx.value_and_grad`` with respect to the ``nnx.Param`` s and ``optimizer.update`` s them, and
-  splits the result again (the functional pattern of ``nnx.split``/``nnx.merge`` inside ``jax.jit``).
+* NNX: the pure dict of ``nnx.state((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))``
+  (:func:`experiments.common.steps_nnx.nnx_task`).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
-import jaxnorm as jn
-from experiments.common import models
 from experiments.common.compile import jit_quick_compile
 from experiments.common.training import State, Task, cross_entropy, init_key
 
@@ -81,67 +77,12 @@ def update_count(state: State):
     return optax.tree_utils.tree_get(state["opt_state"], "count")
 
 
-def _nnx_parts(config: str, classes: int, tx: optax.GradientTransformation | None):
-    """``(graphdef, abstract state)`` of an NNX LeNet (and its optimizer, when ``tx`` is given)."""
-
-    def build():
-        model = models.NnxLeNet(classes, bn=config == "bn", rngs=nnx.Rngs(0))
-        return model if tx is None else (model, nnx.Optimizer(model, tx, wrt=nnx.Param))
-
-    return nnx.split(nnx.eval_shape(build))
-
-
-def _merge(graphdef, abstract, pure: dict):
-    state = jax.tree.map(lambda a: a, abstract)  # a copy: replace_by_pure_dict fills it in place
-    nnx.replace_by_pure_dict(state, pure)
-    return nnx.merge(graphdef, state)
-
-
-def nnx_task(config: str, classes: int, tx: optax.GradientTransformation, sample_x) -> Task:
-    """A LeNet config as NNX modules trained with ``nnx.Optimizer``; the state is the pure dict of ``(model,
-    optimizer)``. The initial weights are the linen init's (copied through PyTorch's names), so for the same seed
-    an NNX run starts where the linen run starts."""
-    graphdef, abstract = _nnx_parts(config, classes, tx)
-
-    def init(seed):
-        init_linen = jit_quick_compile(functools.partial(models.make_model(config, classes).init, train=False))
-        variables = init_linen(init_key(seed), sample_x)
-        model = nnx.eval_shape(lambda: models.NnxLeNet(classes, bn=config == "bn", rngs=nnx.Rngs(0)))
-        jn.torch_to_nnx(jn.flax_to_torch_state_dict(variables), model)
-        return nnx.to_pure_dict(nnx.state((model, nnx.Optimizer(model, tx, wrt=nnx.Param))))
-
-    def train_step(state, x, y, mask):
-        model, optimizer = _merge(graphdef, abstract, state)
-        model.train()
-
-        def loss_fn(model):
-            return cross_entropy(model(x, mask=mask), y, mask)
-
-        (loss, correct), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        optimizer.update(model, grads)
-        return nnx.to_pure_dict(nnx.state((model, optimizer))), (loss, correct)
-
-    def eval_step(state, x, y, mask):
-        model, _ = _merge(graphdef, abstract, state)
-        model.eval()
-        return eval_sums(model(x), y, mask)
-
-    return Task(init, train_step, eval_step, lambda: nnx.to_pure_dict(abstract))
-
-
-def nnx_to_linen(config: str, state: State, classes: int = 2) -> dict:
-    """Linen variables of an NNX LeNet state (through PyTorch's state-dict names, which both APIs share)."""
-    graphdef, abstract = _nnx_parts(config, classes, None)
-    model = _merge(graphdef, abstract, jax.device_get(state)[0])
-    template = jax.eval_shape(lambda: models.make_model(config, classes).init(init_key(0), jnp.zeros((1, 32, 32, 3)),
-                                                                              train=False))
-    return jn.torch_to_flax_variables(jn.nnx_to_torch_state_dict(model), template)
-
-
 def lenet_variables(config: str, state: State, api: str, classes: int = 2) -> dict:
     """Linen variables (``params``, ``batch_stats``) of a LeNet config's training state, from any API."""
-    if api == "nnx":
-        return nnx_to_linen(config, state, classes)
+    if api == "nnx":  # imported only here (and in experiments.lenet.make_task): a linen run never loads flax.nnx
+        from experiments.common import steps_nnx
+
+        return steps_nnx.nnx_to_linen(config, state, classes)
     if api == "equinox":
         from experiments.common import steps_equinox
 

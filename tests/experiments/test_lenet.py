@@ -153,9 +153,11 @@ def test_nnx_lenet_computes_blocked_as_linen_does():
     """NnxLeNet(blocked=True), the --api nnx model, against the linen blocked model with the same weights."""
     from flax import nnx
 
+    from experiments.common.models_nnx import NnxLeNet
+
     x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 32, 32, 3)), jnp.float32)
     variables = models.LeNetBN().init(jax.random.key(0), x)
-    nnx_model = nnx.eval_shape(lambda: models.NnxLeNet(2, bn=True, rngs=nnx.Rngs(0)))
+    nnx_model = nnx.eval_shape(lambda: NnxLeNet(2, bn=True, rngs=nnx.Rngs(0)))
     jn.torch_to_nnx(jn.flax_to_torch_state_dict(variables), nnx_model)
     nnx_model.eval()
     np.testing.assert_allclose(np.asarray(nnx_model(x)), np.asarray(models.LeNetBN().apply(variables, x)),
