@@ -54,7 +54,7 @@ import inspect
 import math
 import textwrap
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, cast, overload
 
 import equinox as eqx
 import jax
@@ -89,7 +89,6 @@ _NO_STATE = _NoState()
 _AxisNames = Hashable | Sequence[Hashable] | None
 # ``function(batch, batch_mask, axis_name) -> (y, stats)`` of :func:`_over_batch`
 _BatchFunction = Callable[[jax.Array, jax.Array | None, Hashable | None], tuple[jax.Array, BatchStats]]
-_Layer = TypeVar("_Layer", bound=eqx.Module)
 # A layer's output: ``y``, or ``(y, state)`` when it was called with the state
 _Output = jax.Array | tuple[jax.Array, eqx.nn.State]
 
@@ -270,6 +269,13 @@ class _Stateful(eqx.nn.StatefulLayer):
             raise TypeError(f"{name}: expected state to be an eqx.nn.State, got {type(state).__name__}")
         return _layer_stats(name, None, self, state)
 
+    # The two call forms, for type checkers: y = layer(x); y, state = layer(x, state).
+    @overload
+    def __call__(self, x: jax.Array, state: _NoState = ..., *, key: Any = None, inference: bool | None = None,
+                 mask: jax.Array | None = None) -> jax.Array: ...
+    @overload
+    def __call__(self, x: jax.Array, state: eqx.nn.State, *, key: Any = None, inference: bool | None = None,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, eqx.nn.State]: ...
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
                  inference: bool | None = None, mask: jax.Array | None = None) -> _Output:
         """Normalize one example ``x``; in training mode the running statistics in ``state`` are updated.
@@ -365,16 +371,10 @@ class _BatchNorm(_Stateful):
         return _over_batch(name, self.axis_name, x, mask, function, sync_all=self.axis_index_groups is not None)
 
 
-def _per_rank(base: type[_Layer], function: Callable[..., Any], name: str, ranks: tuple[int, ...], layout: str,
-              example: str) -> type[_Layer]:
-    """The subclass ``name`` of ``base`` for PyTorch's per-rank class (``BatchNorm2d``, ...): it calls the rank-checked
-    ``function`` and takes one example of ``layout``."""
-    doc = (f"``torch.nn.{name}`` for one example {layout}; calls :func:`jaxnorm.{function.__name__}` on the batch.\n\n"
-           f"{inspect.cleandoc(base.__doc__ or '')}\n\n{textwrap.dedent(example)}")
-    namespace = {"__doc__": doc, "__module__": __name__, "__qualname__": name, "_function": staticmethod(function),
-                 "_ranks": ranks, "_layout": layout}
-    metaclass: type = type(base)  # Equinox's: it makes the subclass as a class statement would
-    return cast("type[_Layer]", metaclass(name, (base,), namespace))
+def _document(cls: type[eqx.Module], example: str) -> None:
+    """Give the per-rank class ``cls`` its one-line docstring, then its base class's (the math), then ``example``."""
+    base = cls.__mro__[1]
+    cls.__doc__ = f"{cls.__doc__}\n\n{inspect.cleandoc(base.__doc__ or '')}\n\n{textwrap.dedent(example)}"
 
 
 _BN_EXAMPLE = """\
@@ -398,11 +398,33 @@ def _bn_example(name: str, spatial: tuple[int, ...]) -> str:
     return _BN_EXAMPLE.format(name=name, size=math.prod(shape), shape=shape)
 
 
-BatchNorm1d = _per_rank(_BatchNorm, batch_norm_1d, "BatchNorm1d", (1, 2), "(C,) or (C, L)",
-                        _bn_example("BatchNorm1d", (3,)))
-BatchNorm2d = _per_rank(_BatchNorm, batch_norm_2d, "BatchNorm2d", (3,), "(C, H, W)", _bn_example("BatchNorm2d", (2, 2)))
-BatchNorm3d = _per_rank(_BatchNorm, batch_norm_3d, "BatchNorm3d", (4,), "(C, D, H, W)",
-                        _bn_example("BatchNorm3d", (1, 2, 2)))
+class BatchNorm1d(_BatchNorm):
+    """``torch.nn.BatchNorm1d`` for one example (C,) or (C, L); calls :func:`jaxnorm.batch_norm_1d` on the batch."""
+
+    _function = staticmethod(batch_norm_1d)
+    _ranks = (1, 2)
+    _layout = "(C,) or (C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """``torch.nn.BatchNorm2d`` for one example (C, H, W); calls :func:`jaxnorm.batch_norm_2d` on the batch."""
+
+    _function = staticmethod(batch_norm_2d)
+    _ranks = (3,)
+    _layout = "(C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """``torch.nn.BatchNorm3d`` for one example (C, D, H, W); calls :func:`jaxnorm.batch_norm_3d` on the batch."""
+
+    _function = staticmethod(batch_norm_3d)
+    _ranks = (4,)
+    _layout = "(C, D, H, W)"
+
+
+_document(BatchNorm1d, _bn_example("BatchNorm1d", (3,)))
+_document(BatchNorm2d, _bn_example("BatchNorm2d", (2, 2)))
+_document(BatchNorm3d, _bn_example("BatchNorm3d", (1, 2, 2)))
 
 
 class BatchRenorm(_BatchNorm):
@@ -448,6 +470,14 @@ class BatchRenorm(_BatchNorm):
     def _options(self) -> dict[str, Any]:
         return {}
 
+    @overload
+    def __call__(self, x: jax.Array, state: _NoState = ..., *, key: Any = None, inference: bool | None = None,
+                 mask: jax.Array | None = None, r_max: float | jax.Array | None = None,
+                 d_max: float | jax.Array | None = None) -> jax.Array: ...
+    @overload
+    def __call__(self, x: jax.Array, state: eqx.nn.State, *, key: Any = None, inference: bool | None = None,
+                 mask: jax.Array | None = None, r_max: float | jax.Array | None = None,
+                 d_max: float | jax.Array | None = None) -> tuple[jax.Array, eqx.nn.State]: ...
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
                  inference: bool | None = None, mask: jax.Array | None = None, r_max: float | jax.Array | None = None,
                  d_max: float | jax.Array | None = None) -> _Output:
@@ -512,18 +542,45 @@ def _in_example(name: str, spatial: tuple[int, ...]) -> str:
     return _IN_EXAMPLE.format(name=name, size=math.prod(shape), shape=shape)
 
 
-InstanceNorm1d = _per_rank(_InstanceNorm, instance_norm_1d, "InstanceNorm1d", (2,), "(C, L)",
-                           _in_example("InstanceNorm1d", (3,)))
-InstanceNorm2d = _per_rank(_InstanceNorm, instance_norm_2d, "InstanceNorm2d", (3,), "(C, H, W)",
-                           _in_example("InstanceNorm2d", (2, 2)))
-InstanceNorm3d = _per_rank(_InstanceNorm, instance_norm_3d, "InstanceNorm3d", (4,), "(C, D, H, W)",
-                           _in_example("InstanceNorm3d", (1, 2, 2)))
+class InstanceNorm1d(_InstanceNorm):
+    """``torch.nn.InstanceNorm1d`` for one example (C, L); calls :func:`jaxnorm.instance_norm_1d` on the batch."""
+
+    _function = staticmethod(instance_norm_1d)
+    _ranks = (2,)
+    _layout = "(C, L)"
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """``torch.nn.InstanceNorm2d`` for one example (C, H, W); calls :func:`jaxnorm.instance_norm_2d` on the batch."""
+
+    _function = staticmethod(instance_norm_2d)
+    _ranks = (3,)
+    _layout = "(C, H, W)"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """``torch.nn.InstanceNorm3d`` for one example (C, D, H, W); calls :func:`jaxnorm.instance_norm_3d` on the batch."""
+
+    _function = staticmethod(instance_norm_3d)
+    _ranks = (4,)
+    _layout = "(C, D, H, W)"
+
+
+_document(InstanceNorm1d, _in_example("InstanceNorm1d", (3,)))
+_document(InstanceNorm2d, _in_example("InstanceNorm2d", (2, 2)))
+_document(InstanceNorm3d, _in_example("InstanceNorm3d", (1, 2, 2)))
 
 
 class _Stateless(eqx.Module):
     """Shared call convention of LayerNorm/GroupNorm/RMSNorm: ``y = layer(x)``, or ``y, state = layer(x, state)``
     with the state passed through (as ``eqx.nn.LayerNorm``)."""
 
+    @overload
+    def __call__(self, x: jax.Array, state: _NoState = ..., *, key: Any = None,
+                 mask: jax.Array | None = None) -> jax.Array: ...
+    @overload
+    def __call__(self, x: jax.Array, state: eqx.nn.State, *, key: Any = None,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, eqx.nn.State]: ...
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
                  mask: jax.Array | None = None) -> _Output:
         """Normalize ``x`` (``mask``: boolean, broadcastable to ``x``, True = valid); ``key`` is ignored.
@@ -686,6 +743,12 @@ class FrozenBatchNorm(_Stateless):
         self.running_mean, self.running_var = jnp.asarray(running_mean), jnp.asarray(running_var)
         self.eps, self.axis = eps, axis
 
+    @overload
+    def __call__(self, x: jax.Array, state: _NoState = ..., *, key: Any = None, inference: bool | None = None,
+                 mask: jax.Array | None = None) -> jax.Array: ...
+    @overload
+    def __call__(self, x: jax.Array, state: eqx.nn.State, *, key: Any = None, inference: bool | None = None,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, eqx.nn.State]: ...
     def __call__(self, x: jax.Array, state: eqx.nn.State | _NoState = _NO_STATE, *, key: Any = None,
                  inference: bool | None = None, mask: jax.Array | None = None) -> _Output:
         """The fixed affine map of one example ``x`` (0 off ``mask``); ``key`` and ``inference`` are ignored.
