@@ -20,7 +20,8 @@ export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 py="${PYTHON:-python3}"
 # A smoke test on a CPU: BENCH_ARGS="--quick --scale 1" GPU_CHECK_ARGS=--allow-cpu bash scripts/gpu_benchmark.sh ...
-read -r -a bench_args <<< "${BENCH_ARGS:---scale 16}"
+# Ten steps per wait (--calls-per-sync): per-step times without the dispatch-and-synchronize cost of each step.
+read -r -a bench_args <<< "${BENCH_ARGS:---scale 16 --calls-per-sync 10}"
 read -r -a check_args <<< "${GPU_CHECK_ARGS:-}"
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv

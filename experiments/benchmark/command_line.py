@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--copy-baseline", action="store_true",
       help="also time a copy of the same data (y = x·w; and dx = dy·w): the memory floor, 2N fwd / 4N fwd+bwd; "
            "the tables then give every library's time over it")
+    a("--calls-per-sync", type=int, default=1, metavar="K",
+      help="dispatch K steps per timed call and wait for the last one only; times are per step (default 1: every "
+           "step waits). On a GPU, K = 10 takes the dispatch-and-synchronize cost off each step")
     a("--seed", type=int, default=0, help="seed of the random inputs, cotangent and affine parameters")
     a("--json", type=Path, default=None, help="write {meta, rows} as JSON to FILE (the input of --table)")
     a("--out", type=Path, default=None, help="folder for benchmark.json and benchmark.md (created if missing)")
@@ -106,6 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--write needs --table FILE...")
     if args.scale < 1:
         p.error(f"--scale must be >= 1, got {args.scale}")
+    if args.calls_per_sync < 1:
+        p.error(f"--calls-per-sync must be >= 1, got {args.calls_per_sync}")
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     bad = [o for o in ops if o not in CASES]
     if bad or not ops:
@@ -131,7 +136,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
         torch.set_num_threads(args.torch_threads)
     fast = args.flax_variance == "fast" or (args.flax_variance == "auto" and args.data == "normal")
     return RunConfig(data=args.data, rounds=args.rounds, inner=args.inner, warmup=args.warmup, seed=args.seed,
-                     opts=Options(flax_fast_variance=fast, torch_device=device), with_torch=with_torch,
+                     opts=Options(flax_fast_variance=fast, torch_device=device,
+                                  calls_per_sync=args.calls_per_sync), with_torch=with_torch,
                      hlo_dir=args.hlo, check_only=args.check_only, copy_baseline=args.copy_baseline)
 
 
@@ -150,6 +156,7 @@ def _write_results(args: argparse.Namespace, meta: dict, rows: list[Row], text: 
 def _meta(args: argparse.Namespace, cfg: RunConfig, load_start: float, argv: list[str] | None) -> dict:
     meta = {**capture(), "loadavg_1min_start": load_start, "data": args.data, "rounds": args.rounds,
             "inner": args.inner, "warmup": args.warmup, "quick": args.quick, "scale": args.scale, "seed": args.seed,
+            "calls_per_sync": args.calls_per_sync,
             "flax_variance": args.flax_variance, "check_only": args.check_only, "check_tol": CHECK_TOL,
             "torch_device": cfg.opts.torch_device if cfg.with_torch else None,
             "argv": list(sys.argv[1:] if argv is None else argv)}

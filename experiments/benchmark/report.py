@@ -32,7 +32,9 @@ def describe(meta: dict) -> str:
     return (f"{meta.get('cpu_model') or meta.get('machine')}, {meta.get('cpu_count')} CPUs, JAX backend "
             f"{meta.get('jax_backend')}; jax {meta.get('jax')}, jaxlib {meta.get('jaxlib')}, flax {meta.get('flax')}, "
             f"{torch}; float32; data {meta.get('data')} ({DATA.get(meta.get('data'), '?')}); "
-            f"{meta.get('rounds')} interleaved rounds × {meta.get('inner')} calls; git {git}; {meta.get('date')}"
+            f"{meta.get('rounds')} interleaved rounds × {meta.get('inner')} calls"
+            + (f" of {meta['calls_per_sync']} steps each (times per step)" if meta.get("calls_per_sync", 1) > 1 else "")
+            + f"; git {git}; {meta.get('date')}"
             + ("; --quick (tiny shapes: noise)" if meta.get("quick") else ""))
 
 

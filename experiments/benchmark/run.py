@@ -71,6 +71,8 @@ def _measure(case: Case, built: dict[str, Impl], pass_: str, shape: tuple[int, .
     """Time one pass of the built implementations, interleaved; their medians, GB/s, ratios and traffic."""
     fns = {name: (b.fwd if pass_ == "fwd" else b.fwdbwd) for name, b in built.items()}
     times = time_interleaved(fns, rounds=cfg.rounds, warmup=cfg.warmup, inner=cfg.inner)
+    k = cfg.opts.calls_per_sync  # each timed call ran k steps (runners.repeated): the time of one step
+    times = {name: [t / k for t in ts] for name, ts in times.items()}
     nbytes = bytes_moved(shape, itemsize, pass_)
     measured = {}
     for name in ALL_IMPLS + OPTIONAL_IMPLS:

@@ -10,6 +10,9 @@ compiled HLO text of either step.
   whole thing under one ``jax.jit``. torch: ``y = op(x); y.backward(dy)``.
 
 A JAX call includes its dispatch, as a user pays it; a CUDA torch call synchronizes, as ``block_until_ready`` does.
+With ``calls_per_sync`` K > 1 a timed call dispatches K steps and waits for the last one only (JAX's and CUDA's
+queues run in order on one device), and the benchmark divides its time by K: on a GPU this takes the fixed cost of a
+dispatch and a synchronization off each step, which at the benchmark's sizes is a large part of a step.
 """
 
 from __future__ import annotations
@@ -44,9 +47,21 @@ class Options:
 
     flax_fast_variance: bool = True
     torch_device: str = "cpu"
+    calls_per_sync: int = 1  # steps dispatched per wait (see the module docstring)
 
 
-def _jax_impl(apply, p: Problem, params, state, mask) -> Impl:
+def repeated(step: Callable[[], object], wait: Callable[[object], object], k: int) -> Callable[[], object]:
+    """A call that runs ``step`` ``k`` times and then ``wait`` s for the last result only."""
+    def run() -> object:
+        out = step()
+        for _ in range(k - 1):
+            out = step()
+        return wait(out)
+
+    return run
+
+
+def _jax_impl(apply, p: Problem, params, state, mask, k: int = 1) -> Impl:
     """Wrap ``apply(x, params, state, mask) -> (y, new_state)`` into jitted fwd and fwd+vjp steps.
 
     The mask is an argument of the jitted functions, not a closure constant, so XLA cannot specialize on its value.
@@ -71,8 +86,8 @@ def _jax_impl(apply, p: Problem, params, state, mask) -> Impl:
         lowered = fwd.lower(x, params, state, mask) if pass_ == "fwd" else fwdbwd.lower(x, params, state, mask, dy)
         return lowered.compile().as_text()
 
-    return Impl(fwd=lambda: jax.block_until_ready(fwd(x, params, state, mask)),
-                fwdbwd=lambda: jax.block_until_ready(fwdbwd(x, params, state, mask, dy)),
+    return Impl(fwd=repeated(lambda: fwd(x, params, state, mask), jax.block_until_ready, k),
+                fwdbwd=repeated(lambda: fwdbwd(x, params, state, mask, dy), jax.block_until_ready, k),
                 result=result, hlo=hlo)
 
 
@@ -94,7 +109,7 @@ def build_jaxnorm(case: Case, p: Problem, opts: Options, *, use_mask: bool = Tru
     else:
         def apply(x, q, s, m):
             return jn.rms_norm(x, q, shape, eps=EPS, mask=m), s
-    return _jax_impl(apply, p, params, stats, p.mask if use_mask else None)
+    return _jax_impl(apply, p, params, stats, p.mask if use_mask else None, opts.calls_per_sync)
 
 
 def build_jaxnorm_nomask(case: Case, p: Problem, opts: Options) -> Impl:
@@ -137,7 +152,7 @@ def build_flax(case: Case, p: Problem, opts: Options) -> Impl:
 
         def apply(x, q, s, m):
             return mod.apply({"params": q}, x), s
-    impl = _jax_impl(apply, p, params, state, p.mask)
+    impl = _jax_impl(apply, p, params, state, p.mask, opts.calls_per_sync)
     impl.y_valid_only = p.mask is not None
     return impl
 
@@ -171,29 +186,31 @@ def build_torch(case: Case, p: Problem, opts: Options) -> Impl:
             return F.layer_norm(inp, (c,), weight, bias, eps=EPS)
         return F.rms_norm(inp, (c,), weight, eps=EPS)
 
-    def fwd():
+    def forward():
         with torch.no_grad():
-            y = op(xt)
-        sync()
-        return y
+            return op(xt)
 
     xg = xt.detach().requires_grad_(True)
 
-    def fwdbwd():
+    def forward_backward():
         # Drop old grads so backward writes them fresh instead of accumulating (an extra pass).
         xg.grad = weight.grad = None
         if bias is not None:
             bias.grad = None
         y = op(xg)
         y.backward(dyt)
+        return y
+
+    def wait(y):
         sync()
         return y
 
     def result():
-        y = fwdbwd()
+        y = wait(forward_backward())
         return to_case_layout(y.detach().cpu().numpy()), to_case_layout(xg.grad.cpu().numpy())
 
-    return Impl(fwd=fwd, fwdbwd=fwdbwd, result=result)
+    k = opts.calls_per_sync
+    return Impl(fwd=repeated(forward, wait, k), fwdbwd=repeated(forward_backward, wait, k), result=result)
 
 
 def build_copy(case: Case, p: Problem, opts: Options) -> Impl:
@@ -213,8 +230,9 @@ def build_copy(case: Case, p: Problem, opts: Options) -> Impl:
         y, dx = fwdbwd(x, w, dy)
         return np.asarray(y), np.asarray(dx)
 
-    return Impl(fwd=lambda: jax.block_until_ready(fwd(x, w)), fwdbwd=lambda: jax.block_until_ready(fwdbwd(x, w, dy)),
-                result=result)
+    k = opts.calls_per_sync
+    return Impl(fwd=repeated(lambda: fwd(x, w), jax.block_until_ready, k),
+                fwdbwd=repeated(lambda: fwdbwd(x, w, dy), jax.block_until_ready, k), result=result)
 
 
 def builders() -> dict[str, Callable[[Case, Problem, Options], Impl]]:

@@ -43,6 +43,7 @@ def test_help_describes_flags_cases_and_data(capsys):
     (["--write", "x.md"], "--write needs --table"),
     (["--data", "skewed"], "skewed"),
     (["--scale", "0"], "--scale"),
+    (["--calls-per-sync", "0"], "--calls-per-sync must be >= 1, got 0"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -575,3 +576,31 @@ def test_a_copy_that_misses_an_element_stops_the_run(monkeypatch, capsys):
     assert benchmark.cli(FAST + ["--ops", "gn_nchw", "--no-torch", "--copy-baseline"]) == 1
     err = capsys.readouterr().err
     assert "case gn_nchw (normal data), copy (x·w): dx vs x·w computed by NumPy" in err
+
+
+# ------------------------------------------------------------------------------------------- several steps per wait
+
+
+def test_a_repeated_call_runs_k_steps_and_waits_for_the_last_only():
+    steps, waited = [], []
+    call = benchmark.runners.repeated(lambda: steps.append(len(steps)) or len(steps), waited.append, 4)
+    call()
+    assert steps == [0, 1, 2, 3] and waited == [4]
+
+
+def test_times_are_per_step_when_a_call_runs_several(monkeypatch):
+    calls = []
+
+    def fixed_times(fns, rounds, warmup, inner):
+        for fn in fns.values():  # each call really runs (and waits) once per timed call
+            fn()
+        calls.append(len(fns))
+        return {name: [6.0] * (rounds * inner) for name in fns}
+
+    monkeypatch.setattr(benchmark.run, "time_interleaved", fixed_times)
+    rows = benchmark.main(FAST + ["--ops", "bn_nchw", "--no-torch", "--copy-baseline", "--calls-per-sync", "3"])
+    assert calls == [3, 3]  # jaxnorm, Flax and the copy, both passes
+    for r in rows:
+        assert r["jaxnorm_ms"] == r["flax_ms"] == r["copy_ms"] == 2.0
+        assert r["env"]["calls_per_sync"] == 3
+    assert "2 calls of 3 steps each (times per step)" in benchmark.describe(rows[0]["env"] | {"inner": 2})
