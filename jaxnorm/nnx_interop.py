@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -112,6 +113,20 @@ def nnx_to_torch_state_dict(model: nnx.Module) -> dict[str, NDArray[Any]]:
     return out
 
 
+def _as_variable(name: str, path: tuple[str, ...], key: str, value: NDArray[Any], current: Any) -> jax.Array:
+    """State-dict entry ``key`` (PyTorch's layout) as the array of the Variable at ``path`` whose value is ``current``
+    (an array, or a ShapeDtypeStruct in an abstract model): shape checked, axes permuted, cast to its dtype."""
+    shape = tuple(current.shape)
+    perm = _leaf_perm(path, len(shape), name)
+    expected = tuple(shape[i] for i in perm) if perm else shape
+    if value.shape != expected:
+        raise ValueError(f"{name}: state dict entry {key!r}: expected shape {expected} (NNX {'/'.join(path)} "
+                         f"of shape {shape}), got {value.shape}")
+    if perm:
+        value = value.transpose(np.argsort(perm))
+    return jnp.array(value, dtype=current.dtype)  # a copy: see interop._to_numpy
+
+
 def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bool = True) -> nnx.Module:
     """Load a PyTorch-style state dict into an NNX model **in place** (as ``torch_model.load_state_dict`` and
     ``nnx.update`` do); the inverse of :func:`nnx_to_torch_state_dict`.
@@ -119,10 +134,9 @@ def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bo
     Every ``nnx.Param``/``nnx.BatchStat`` of ``model`` is read from ``state_dict[key]`` (key and transpose as in
     :func:`nnx_to_torch_state_dict`), checked against the Variable's shape and cast to its dtype
     (``num_batches_tracked`` int64 -> int32). All entries are checked before any Variable is written, so a failed
-    load leaves the model unchanged. The arrays are copies: a later in-place update of the torch tensors does not
-    reach the model. The model may be abstract, ``nnx.eval_shape(lambda: Model(rngs=nnx.Rngs(0)))``, so that no
-    initializer runs for values that are overwritten anyway; every Variable outside the state dict (RNG state, ...)
-    then stays abstract.
+    load leaves the model unchanged. The arrays are copies (a later in-place update of the torch tensors does not
+    reach the model). The model may be abstract, ``nnx.eval_shape(lambda: Model(rngs=nnx.Rngs(0)))``, so that no
+    initializer runs; every Variable outside the state dict (RNG state, ...) then stays abstract.
 
     Args:
       state_dict: ``torch_model.state_dict()`` (tensors on any device) or a dict of NumPy/JAX arrays.
@@ -168,16 +182,7 @@ def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bo
         else:
             missing.append(key)
             continue
-        current = variable.get_value()  # an array, or a ShapeDtypeStruct in an abstract model
-        shape = tuple(current.shape)
-        perm = _leaf_perm(path, len(shape), name)
-        expected = tuple(shape[i] for i in perm) if perm else shape
-        if value.shape != expected:
-            raise ValueError(f"{name}: state dict entry {key!r}: expected shape {expected} (NNX {'/'.join(path)} "
-                             f"of shape {shape}), got {value.shape}")
-        if perm:
-            value = value.transpose(np.argsort(perm))
-        loads.append((variable, jnp.array(value, dtype=current.dtype)))  # a copy: see interop._to_numpy
+        loads.append((variable, _as_variable(name, path, key, value, variable.get_value())))
     _check_keys(state_dict, used, missing, strict, "model", name=name)
     for variable, array in loads:
         variable.set_value(array)
