@@ -164,6 +164,16 @@ def check_where(name: str, where: object) -> Callable[[str], bool]:
     return cast(Callable[[str], bool], where)
 
 
+def layers_to_freeze(name: str, where: object, paths: Sequence[str], owner: str) -> list[str]:
+    """The layer ``paths`` (those with running statistics) that ``freeze_batch_norm(..., where=)`` freezes: all of
+    them when ``where`` is None (a ValueError naming ``owner`` if there are none), else those ``where`` selects."""
+    if where is None:
+        if not paths:
+            raise ValueError(f"{name}: found no layer with running statistics in {owner}")
+        return list(paths)
+    return selected(name, check_where(name, where), paths)
+
+
 def selected(name: str, where: Callable[[str], bool], paths: Sequence[str]) -> list[str]:
     """The ``paths`` ``where`` selects; a ValueError listing them all if it selects none (a typo, not a no-op)."""
     chosen = [path for path in paths if where(path)]

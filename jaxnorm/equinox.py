@@ -938,9 +938,7 @@ def freeze_batch_norm(model: Any, state: eqx.nn.State, *,
         raise TypeError(f"{name}: expected state to be the model's eqx.nn.State (model, state = "
                         f"eqx.nn.make_with_state(Model)(...)), got {type(state).__name__}")
     paths = [path for path, layer in named_layers(model) if isinstance(layer, _Stateful) and layer.is_stateful()]
-    if where is None and not paths:
-        raise ValueError(f"{name}: found no layer with running statistics in {type(model).__name__}")
-    chosen = set(paths if where is None else _checks.selected(name, _checks.check_where(name, where), paths))
+    chosen = set(_checks.layers_to_freeze(name, where, paths, type(model).__name__))
 
     def freeze(path: str, layer: eqx.Module) -> eqx.Module:
         # chosen: paths of _Stateful layers with running statistics

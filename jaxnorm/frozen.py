@@ -180,9 +180,7 @@ def freeze_linen_variables(variables: Mapping[str, Any], *,
         raise ValueError(f"{name}: expected linen variables with a 'batch_stats' collection, an NNX model or an "
                          f"Equinox model, got {got}")
     layers = {".".join(path): path for path in _unfrozen_layers(variables["batch_stats"])}
-    if where is None and not layers:
-        raise ValueError(f"{name}: found no layer with running statistics (running_mean, running_var) in batch_stats")
-    chosen = list(layers) if where is None else _checks.selected(name, _checks.check_where(name, where), list(layers))
+    chosen = _checks.layers_to_freeze(name, where, list(layers), "batch_stats (running_mean, running_var)")
     params, stats = variables.get("params", {}), variables["batch_stats"]
     for path in (layers[p] for p in chosen):
         frozen = _freeze_layer(_get(params, path), _get(stats, path))

@@ -568,12 +568,8 @@ def freeze_batch_norm(model: nnx.Module, *, where: Callable[[str], bool] | None 
         raise TypeError(f"{name}: expected a flax.nnx.Module, got {type(model).__name__}")
     layers = [(path, module) for path, module in nnx.iter_modules(model)
               if isinstance(module, _Stateful) and module.track_running_stats and path]
-    if where is not None:
-        chosen = set(_checks.selected(name, _checks.check_where(name, where), [dotted_path(p) for p, _ in layers]))
-        layers = [(path, module) for path, module in layers if dotted_path(path) in chosen]
-    if not layers:
-        raise ValueError(f"{name}: found no layer with running statistics in {type(model).__name__}")
-    for path, module in layers:
+    chosen = set(_checks.layers_to_freeze(name, where, [dotted_path(p) for p, _ in layers], type(model).__name__))
+    for path, module in (layer for layer in layers if dotted_path(layer[0]) in chosen):
         replace_at(model, path, _frozen(module))
     return model
 
