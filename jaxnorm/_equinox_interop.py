@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm._types import COUNTER, PARAM_KEYS, STATS_KEYS, BatchStats
-from jaxnorm.interop import _check_keys, _to_numpy
+from jaxnorm.interop import _check_keys, _check_state_dict, _lookup
 
 __all__ = ["equinox_to_torch_state_dict", "torch_to_equinox"]
 
@@ -188,9 +188,7 @@ def torch_to_equinox(state_dict: Mapping[str, Any], model: Any, state: eqx.nn.St
       https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.load_state_dict
     """
     name = "torch_to_equinox"
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"{name}: expected a state dict (a mapping of names to tensors), got "
-                        f"{type(state_dict).__name__}")
+    _check_state_dict(name, state_dict)
     leaves, stats, used, missing = _read(state_dict, _entries(model, state, name))
     _check_keys(state_dict, used, missing, strict, "model", name=name)
     return _rebuilt(model, state, leaves, stats)
@@ -204,13 +202,8 @@ def _read(state_dict: Mapping[str, Any], entries: list[_Entry]) -> tuple[Leaves,
     used: set[str] = set()
     missing: list[str] = []
     for entry in entries:
-        if entry.key in state_dict:
-            used.add(entry.key)
-            value = _to_numpy(state_dict[entry.key])
-        elif entry.layer is not None and entry.key.endswith(COUNTER):
-            value = np.zeros((), np.int64)
-        else:
-            missing.append(entry.key)
+        value = _lookup(state_dict, entry.key, entry.layer is not None and entry.key.endswith(COUNTER), used, missing)
+        if value is None:
             continue
         if value.shape != entry.torch_shape:
             raise ValueError(f"torch_to_equinox: state dict entry {entry.key!r}: expected shape {entry.torch_shape} "

@@ -164,44 +164,36 @@ def batch_norm(
     axis_index_groups: Sequence[Sequence[int]] | None = None, mask: jax.Array | None = None,
     virtual_batch_size: int | None = None,
 ) -> tuple[jax.Array, BatchStats]:
-    r"""Batch normalization over all axes but the channel ``axis``; returns ``(y, new_batch_stats)``.
-
-    .. math::
-        y = \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}}\,\gamma + \beta
+    r"""Batch normalization over all axes but the channel ``axis``,
+    :math:`y = \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}}\,\gamma + \beta`; returns ``(y, new_batch_stats)``.
 
     Args:
-      x: input ``(N, C, ...)`` (or channels-last with ``axis=-1``), any floating dtype; statistics are computed in
-        at least float32 and ``y`` has ``x``'s dtype.
+      x: input ``(N, C, ...)`` (channels-last with ``axis=-1``), any floating dtype (statistics in at least float32).
       params: ``{"weight", "bias"}`` of shape ``(C,)``, or ``{}``.
       batch_stats: ``{"running_mean", "running_var", "num_batches_tracked"}``, or ``{}`` (no running statistics).
       train: a Python bool. ``True``: ``μ, σ²`` are the batch mean and *biased* variance over ``(N, *spatial)``; the
         running statistics become ``(1 − m)·running + m·batch`` with the *unbiased* batch variance (``m =
         momentum``, or ``1/num_batches_tracked`` when ``momentum=None``) and ``num_batches_tracked += 1``.
-        ``False``: ``μ, σ²`` are the running statistics (batch statistics if ``batch_stats`` is empty); the
-        collection is returned unchanged.
-      momentum: weight of the new batch in the running statistics, in [0, 1], or None (cumulative average).
-      eps: added to the variance.
-      axis: the channel axis (not the batch axis 0).
-      axis_name: statistics over the whole named mapped axis (``shard_map``/``pmap``/``vmap``) — synchronized BN;
-        output and running statistics equal single-device BN on the full batch. Devices are weighted by their
-        number of valid values.
+        ``False``: ``μ, σ²`` are the running statistics (batch statistics if ``batch_stats`` is empty), unchanged.
+      momentum: the new batch's weight in the running statistics, in [0, 1], or None (cumulative average); eps:
+        added to the variance; axis: the channel axis (not the batch axis 0).
+      axis_name: statistics over the whole named mapped axis (``shard_map``/``pmap``/``vmap``), synchronized BN:
+        the single-device result on the full batch, devices weighted by their number of valid values.
       axis_index_groups: with ``axis_name``, synchronize within each group of device indices only (e.g.
-        ``[[0, 1], [2, 3]]``; the groups must partition the axis).
-      mask: boolean, broadcastable to ``x``, True = valid. Statistics over the valid values only (output and running
-        statistics equal BN on the valid values alone; the running variance is unbiased with the valid count).
-        ``y`` is 0 where the mask is False, whatever ``x`` holds there. A channel with fewer than two valid values
-        keeps its running statistics (``num_batches_tracked`` counts the batch only if a channel was updated).
-      virtual_batch_size: Ghost Batch Normalization: statistics per consecutive sub-batch of this many examples
-        (it must divide ``N``). The running statistics are updated once per call, with the average over the
-        virtual batches of their means and unbiased variances. With ``axis_name`` the virtual batches are each
-        device's own (not synchronized) and only the running update is averaged over the devices.
+        ``[[0, 1], [2, 3]]``, a partition of the axis).
+      mask: boolean, broadcastable to ``x``, True = valid: BN on the valid values alone (the running variance
+        unbiased with the valid count); ``y`` is 0 where the mask is False. A channel with fewer than two valid
+        values keeps its running statistics (``num_batches_tracked`` counts the batch if any channel was updated).
+      virtual_batch_size: Ghost BN: statistics per consecutive sub-batch of this many examples (dividing ``N``);
+        one running update per call, with the virtual batches' average mean and unbiased variance. With
+        ``axis_name`` the virtual batches are each device's own; only the running update is averaged over devices.
 
     Returns:
-      ``(y, batch_stats)``: the output, with ``x``'s shape and dtype, and the updated running statistics.
+      ``(y, batch_stats)``: the output (``x``'s shape and dtype) and the updated running statistics.
 
     Raises:
-      ValueError: wrong rank, channel or key mismatches, one value per channel when training, a mask that does not
-        broadcast, a virtual batch size that does not divide the batch, momentum outside [0, 1].
+      ValueError: wrong rank, channel or key mismatch, one value per channel in training, a mask that does not
+        broadcast, a virtual batch size not dividing the batch, momentum outside [0, 1].
       TypeError: non-floating ``x``, non-boolean mask, ``train`` not a bool.
 
     Example:

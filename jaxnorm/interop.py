@@ -44,6 +44,25 @@ __all__ = [
     "torch_to_flax_variables",
 ]
 
+def _check_state_dict(name: str, state_dict: object) -> None:
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{name}: expected a state dict (a mapping of names to tensors), got "
+                        f"{type(state_dict).__name__}")
+
+
+def _lookup(state_dict: Mapping[str, Any], key: str, is_counter: bool, used: set[str],
+            missing: list[str]) -> NDArray[Any] | None:
+    """``state_dict[key]`` as NumPy (``key`` recorded in ``used``); for a ``num_batches_tracked`` entry the state dict
+    lacks, 0 (checkpoints older than PyTorch 0.4.1 have none; PyTorch loads 0); else None (recorded in ``missing``)."""
+    if key in state_dict:
+        used.add(key)
+        return _to_numpy(state_dict[key])
+    if is_counter:
+        return np.zeros((), np.int64)
+    missing.append(key)
+    return None
+
+
 def _to_numpy(value: Any) -> NDArray[Any]:
     """A torch tensor (any device, requires_grad or not), JAX array or array-like as NumPy.
 
@@ -124,22 +143,14 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tu
     References:
       PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"from_torch_state_dict: expected a state dict (a mapping of names to tensors), got "
-                        f"{type(state_dict).__name__}")
+    _check_state_dict("from_torch_state_dict", state_dict)
     if prefix and not prefix.endswith("."):
         prefix += "."
-    layer = {
-        k[len(prefix):]: _to_numpy(v)
-        for k, v in state_dict.items()
-        if k.startswith(prefix) and "." not in k[len(prefix):]
-    }
+    layer = {k[len(prefix):]: _to_numpy(v) for k, v in state_dict.items()
+             if k.startswith(prefix) and "." not in k[len(prefix):]}
     if not layer:
-        raise ValueError(
-            f"from_torch_state_dict: expected entries directly under prefix {prefix!r}, got none; norm layers in this "
-            "state dict: "
-            f"{_layer_prefixes(state_dict) or 'none'}"
-        )
+        raise ValueError(f"from_torch_state_dict: expected entries directly under prefix {prefix!r}, got none; norm "
+                         f"layers in this state dict: {_layer_prefixes(state_dict) or 'none'}")
     problem = _norm_layer_problem(layer, f"from_torch_state_dict: state dict prefix {prefix!r}")
     if problem:
         raise ValueError(problem)
@@ -147,11 +158,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> tu
     params = {k: jnp.array(layer[k]) for k in PARAM_KEYS if k in layer}
     batch_stats = {}
     if "running_mean" in layer:
-        batch_stats = {
-            "running_mean": jnp.array(layer["running_mean"]),
-            "running_var": jnp.array(layer["running_var"]),
-            COUNTER: jnp.array(layer.get(COUNTER, 0), dtype=jnp.int32).reshape(()),
-        }
+        batch_stats = {"running_mean": jnp.array(layer["running_mean"]), "running_var": jnp.array(layer["running_var"]),
+                       COUNTER: jnp.array(layer.get(COUNTER, 0), dtype=jnp.int32).reshape(())}
     return params, batch_stats
 
 
@@ -204,22 +212,20 @@ def fold_batch_norm(kernel: ArrayLike, bias: ArrayLike | None, params: Mapping[s
                        = \underbrace{s\,W}_{W'} * x + \underbrace{s\,(b - \mu) + \beta}_{b'},
         \qquad s = \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}},
 
-    where :math:`s` scales every output channel of the kernel. The folded layer computes the same
-    function with one layer fewer (training-mode BN cannot be folded: it uses batch statistics).
+    :math:`s` scaling every output channel of the kernel: the same function with one layer fewer (training-mode
+    BN cannot be folded: it uses batch statistics).
 
     Args:
-      kernel: the layer's weight; its output channels lie on ``out_axis``: ``-1`` for Flax layouts
-        (Dense ``(in, out)``, Conv ``(kh, kw, in, out)``), ``0`` for PyTorch's (Linear ``(out, in)``,
-        Conv ``(out, in, kh, kw)``); for PyTorch's ConvTranspose ``(in, out, kh, kw)`` use ``1``.
+      kernel: the layer's weight, output channels on ``out_axis``: ``-1`` for Flax layouts (Dense ``(in, out)``,
+        Conv ``(kh, kw, in, out)``), ``0`` for PyTorch's (Linear ``(out, in)``, Conv ``(out, in, kh, kw)``), ``1``
+        for PyTorch's ConvTranspose ``(in, out, kh, kw)``.
       bias: the layer's bias ``(C,)``, or ``None`` for a layer without bias (e.g. ``bias=False``).
-      params: the BN's ``{"weight", "bias"}`` (``{}`` for ``affine=False``).
-      batch_stats: the BN's running statistics (``running_mean``, ``running_var``).
-      eps: the BN's epsilon.
-      out_axis: the kernel's output-channel axis.
+      params, batch_stats, eps: the BN's ``{"weight", "bias"}`` (``{}`` for ``affine=False``), running statistics
+        (``running_mean``, ``running_var``) and epsilon.
 
     Returns:
-      ``(kernel', bias')`` in the dtypes of the inputs (``bias'`` in the kernel's dtype when ``bias`` is
-      ``None``); the arithmetic is done in at least float32.
+      ``(kernel', bias')`` in the inputs' dtypes (``bias'`` in the kernel's when ``bias`` is ``None``); the
+      arithmetic is done in at least float32.
 
     Raises:
       ValueError: no running statistics, or channel counts that do not agree.
@@ -241,16 +247,14 @@ def fold_batch_norm(kernel: ArrayLike, bias: ArrayLike | None, params: Mapping[s
       ``torch.nn.utils.fusion.fuse_conv_bn_weights``
     """
     kernel = jnp.asarray(kernel)
-    named = _fold_operands(kernel, bias, params, batch_stats, out_axis)
+    named = _fold_operands(kernel, bias, params, batch_stats, out_axis)  # checked: channels agree
     mean, var, channels = named["running_mean"], named["running_var"], kernel.shape[out_axis]
     compute = jnp.promote_types(kernel.dtype, jnp.float32)
     gamma = named.get("BN weight", jnp.ones(channels, compute)).astype(compute)
     beta = named.get("BN bias", jnp.zeros(channels, compute)).astype(compute)
     b = named.get("layer bias", jnp.zeros(channels, compute)).astype(compute)
     scale = gamma / jnp.sqrt(var.astype(compute) + eps)
-
-    broadcast = [1] * kernel.ndim
-    broadcast[out_axis] = channels
+    broadcast = tuple(channels if a == out_axis % kernel.ndim else 1 for a in range(kernel.ndim))
     new_kernel = (kernel.astype(compute) * scale.reshape(broadcast)).astype(kernel.dtype)
     bias_dtype = kernel.dtype if bias is None else named["layer bias"].dtype
     new_bias = ((b - mean.astype(compute)) * scale + beta).astype(bias_dtype)
@@ -422,20 +426,13 @@ def torch_to_flax_variables(
       PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     name = "torch_to_flax_variables"
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"{name}: expected a state dict (a mapping of names to tensors), got "
-                        f"{type(state_dict).__name__}")
+    _check_state_dict(name, state_dict)
     result = {col: tree for col, tree in template_variables.items() if col not in collections}
-    used, missing = set(), []
+    used, missing = set[str](), list[str]()
     for col, path, leaf in _collections(template_variables, collections, name):
         key = _torch_key(path)
-        if key in state_dict:
-            used.add(key)
-            value = _to_numpy(state_dict[key])
-        elif path[-1] == COUNTER:  # checkpoints older than PyTorch 0.4.1 have no counter; PyTorch uses 0
-            value = np.zeros((), np.int64)
-        else:
-            missing.append(key)
+        value = _lookup(state_dict, key, path[-1] == COUNTER, used, missing)
+        if value is None:
             continue
         node = result.setdefault(col, {})
         for module in path[:-1]:

@@ -38,7 +38,7 @@ from flax import nnx
 from numpy.typing import NDArray
 
 from jaxnorm._types import COUNTER
-from jaxnorm.interop import _check_keys, _leaf_perm, _to_numpy, _torch_key
+from jaxnorm.interop import _check_keys, _check_state_dict, _leaf_perm, _lookup, _torch_key
 
 __all__ = ["nnx_to_torch_state_dict", "torch_to_nnx"]
 
@@ -169,18 +169,11 @@ def torch_to_nnx(state_dict: Mapping[str, Any], model: nnx.Module, *, strict: bo
       PyTorch's ``state_dict``, https://pytorch.org/tutorials/beginner/saving_loading_models.html
     """
     name = "torch_to_nnx"
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"{name}: expected a state dict (a mapping of names to tensors), got "
-                        f"{type(state_dict).__name__}")
-    loads, used, missing = [], set(), []
+    _check_state_dict(name, state_dict)
+    loads, used, missing = [], set[str](), list[str]()
     for path, key, variable in _variables(model, name):
-        if key in state_dict:
-            used.add(key)
-            value = _to_numpy(state_dict[key])
-        elif path[-1] == COUNTER:
-            value = np.zeros((), np.int64)
-        else:
-            missing.append(key)
+        value = _lookup(state_dict, key, path[-1] == COUNTER, used, missing)
+        if value is None:
             continue
         loads.append((variable, _as_variable(name, path, key, value, variable.get_value())))
     _check_keys(state_dict, used, missing, strict, "model", name=name)
